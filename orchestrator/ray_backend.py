@@ -1,0 +1,217 @@
+"""The only module that talks to Ray Tune / Ray Train.
+
+One experiment = one Tune run over the spec's trial configs. A single-process workload runs as a
+Tune function trial; a distributed one runs as a Train V2 driver trial that builds and fits a
+`TorchTrainer` (the pattern Ray 2.5x+ supports; `Tuner(trainer)` is deprecated).
+
+Rows reach the driver through a Tune `Callback` (it runs in this process): worker reports become
+step rows, `final` reports become trial rows, and each trial's rows are written the moment it ends,
+so an interrupted run keeps every finished trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+
+from orchestrator.registry import Workload
+from orchestrator.results import ResultStore, config_columns, report_frame
+from orchestrator.spec import Experiment
+from workloads.runtime import FINAL_KEY
+
+DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
+DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
+_TUNE_KEYS = {
+    "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
+    "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
+    "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
+    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", FINAL_KEY,
+}
+
+
+class BackendError(RuntimeError):
+    """Ray could not be started or reached: the CLI prints it as one line."""
+
+
+@dataclass
+class Session:
+    owned: bool  # True when this process started Ray (and so stops it)
+    dashboard_url: str | None
+
+
+def init_kwargs(dashboard: bool = True) -> dict[str, Any]:
+    """ray.init arguments of a local run (shared with bench/ so both start Ray the same way)."""
+    return dict(
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",  # never on a public interface; token auth stays on (Ray's default)
+        resources={DRIVER_RESOURCE: DRIVER_SLOTS},
+        log_to_driver=False,  # keep workers' logs in /tmp/ray/session_latest/logs, not the terminal
+        logging_level=logging.WARNING,
+    )
+
+
+def start(address: str | None = None, dashboard: bool = True) -> Session:
+    import ray
+
+    if ray.is_initialized():  # tests, notebooks: reuse the caller's Ray
+        return Session(owned=False, dashboard_url=None)
+    try:
+        if address:
+            context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            context = ray.init(**init_kwargs(dashboard))
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise BackendError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
+    url = getattr(context, "dashboard_url", None)
+    return Session(owned=True, dashboard_url=f"http://{url}" if url else None)
+
+
+def stop(session: Session) -> None:
+    import ray
+
+    if session.owned and ray.is_initialized():
+        ray.shutdown()
+
+
+def trial_key(config: Any) -> str:
+    """A trial's identity: a digest of its full config (same config, same key, on every run)."""
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# ---- what runs inside Ray ------------------------------------------------------------------------
+
+class _TuneRuntime:
+    """Runtime of a single-process trial: reports go straight to Tune."""
+
+    world_size, rank, is_rank_zero, device = 1, 0, True, "cpu"
+
+    def report(self, metrics, final: bool = False, checkpoint=None) -> None:
+        from ray import tune
+
+        tune.report({**metrics, FINAL_KEY: final})
+
+    def prepare_model(self, model):
+        return model
+
+    def prepare_loader(self, loader):
+        return loader
+
+    def latest_checkpoint(self):
+        return None
+
+
+def _function_trial(params: dict, *, module: str, configs: list) -> None:
+    import importlib
+
+    importlib.import_module(module).train_loop(configs[params["trial"]], _TuneRuntime())
+
+
+# ---- the driver side -----------------------------------------------------------------------------
+
+def _collector_class():
+    from ray import tune
+
+    class Collector(tune.Callback):
+        """Turns results into rows and writes each trial's tables when it ends."""
+
+        def __init__(self, on_result: Callable, on_end: Callable) -> None:
+            self.on_result, self.on_end = on_result, on_end
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
+            self.on_result(trial.config["trial"], metrics, bool(result.get(FINAL_KEY)), result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.on_end(trial.config["trial"], trial.trial_id, "TERMINATED", None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = getattr(trial, "error_message", None) or "trial failed"
+            self.on_end(trial.config["trial"], trial.trial_id, "ERROR", str(error).strip().splitlines()[-1])
+
+    return Collector
+
+
+@dataclass
+class _TrialRows:
+    steps: list[pd.DataFrame] = dataclasses.field(default_factory=list)
+    finals: list[pd.DataFrame] = dataclasses.field(default_factory=list)
+    wall_time_s: float = float("nan")
+
+
+def run_experiment(
+    exp: Experiment,
+    workload: Workload,
+    store: ResultStore,
+    run_id: str,
+    progress: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Run every trial of `exp`; write its rows as trials end; return the trials table of this run."""
+    from ray import tune
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our tables replace Tune's logs
+    # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    configs = exp.trial_configs()
+    keys = [trial_key(c) for c in configs]
+    rows = {i: _TrialRows() for i in range(len(configs))}
+    written: list[pd.DataFrame] = []
+
+    def on_result(index: int, metrics: dict, final: bool, result: dict) -> None:
+        frame = report_frame(metrics)
+        (rows[index].finals if final else rows[index].steps).append(frame)
+        rows[index].wall_time_s = float(result.get("time_total_s", float("nan")))
+
+    def on_end(index: int, trial_id: str, status: str, error: str | None) -> None:
+        got = rows.pop(index, None) or _TrialRows()
+        ids = {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index]}
+        cfg = config_columns(dataclasses.asdict(configs[index]), workload.row_exclude)
+        name = f"{run_id}-{keys[index]}"
+        if got.steps:
+            steps = pd.concat(got.steps, ignore_index=True)
+            store.write(exp.study, "steps", name, steps.assign(**ids))
+        trials = pd.concat(got.finals, ignore_index=True) if got.finals else pd.DataFrame([{}])
+        for column, value in cfg.items():
+            if column not in trials.columns:
+                trials[column] = value
+        trials = trials.assign(**ids, status=status, error=error, wall_time_s=got.wall_time_s)
+        store.write(exp.study, "trials", name, trials)
+        written.append(trials)
+        done = len(configs) - len(rows)
+        tail = f"  error: {error}" if error else ""
+        progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()} ({trial_id}, {len(trials)} rows){tail}")
+
+    if workload.distributed:
+        raise NotImplementedError("distributed workloads arrive with the GAN study")
+    trainable = tune.with_resources(
+        tune.with_parameters(_function_trial, module=workload.module, configs=configs),
+        {"cpu": exp.scaling.cpus_per_worker},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(list(range(len(configs))))},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            max_concurrent_trials=exp.scaling.max_concurrent_trials or None,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{exp.study}-{run_id}",
+            storage_path=str((store.root / "_ray").resolve()),
+            callbacks=[_collector_class()(on_result, on_end)],
+            verbose=0,
+        ),
+    )
+    started = time.perf_counter()
+    tuner.fit()
+    progress(f"[{exp.study}] {len(configs)} trials in {time.perf_counter() - started:.1f}s")
+    return pd.concat(written, ignore_index=True) if written else pd.DataFrame()

@@ -1,0 +1,30 @@
+"""The workloads the orchestrator knows: an explicit table, imported lazily by module path.
+
+Lazy import keeps `--help` and `list` free of torch/timm import costs; nothing is scanned.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Workload:
+    module: str  # importable module with `Config` and `train_loop(config, runtime)`
+    metric: str  # the trial metric Tune ranks by
+    mode: str  # "min" or "max"
+    distributed: bool  # True: each trial is a Ray Train (TorchTrainer, DDP) run
+    row_exclude: tuple[str, ...] = ()  # config fields left out of table rows (the loop reports them per row)
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+WORKLOADS: dict[str, Workload] = {
+    "minimax": Workload(
+        "workloads.minimax", metric="final_distance", mode="min", distributed=False,
+        row_exclude=("algorithms", "lrs"),  # every row has its own `algorithm` and `lr`
+    ),
+}

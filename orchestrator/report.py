@@ -1,0 +1,126 @@
+"""Summaries and plots from the Parquet store (never from Ray's trial directories)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.results import ResultStore, StoreError
+
+
+def latest_run(trials: pd.DataFrame, run_id: str | None) -> pd.DataFrame:
+    if trials.empty:
+        raise StoreError("no trials recorded yet for this study")
+    if run_id is None:
+        run_id = sorted(trials["run_id"].unique())[-1]
+    picked = trials[trials["run_id"] == run_id]
+    if picked.empty:
+        known = ", ".join(sorted(trials["run_id"].unique()))
+        raise StoreError(f"no run {run_id!r} in this study; runs: {known}")
+    return picked
+
+
+def study_report(study: str, store: ResultStore, run_id: str | None = None) -> str:
+    trials = latest_run(store.read(study, "trials"), run_id)
+    out_dir = store.root / study / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return REPORTS[study](store, trials, out_dir)
+
+
+# ---- minimax ------------------------------------------------------------------------------------
+
+def _interval_text(intervals: list[tuple[float, float]]) -> str:
+    if not intervals:
+        return "none"
+    return " U ".join(f"({lo:.4g}, {hi:.4g})" if lo == 0 else f"[{lo:.4g}, {hi:.4g})" for lo, hi in intervals)
+
+
+def _grid_ranges(lrs: np.ndarray, ok: np.ndarray) -> str:
+    """Runs of consecutive converged grid points, as [first, last] ranges."""
+    if not ok.any():
+        return "none"
+    ranges, start = [], None
+    for i, flag in enumerate(ok):
+        if flag and start is None:
+            start = i
+        if (not flag or i == len(ok) - 1) and start is not None:
+            end = i if flag else i - 1
+            ranges.append(f"[{lrs[start]:.4g}, {lrs[end]:.4g}]")
+            start = None
+    return " U ".join(ranges)
+
+
+def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from workloads import minimax
+
+    run_id = trials["run_id"].iloc[0]
+    first = trials.iloc[0]
+    cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
+    algorithms = [a for a in minimax.ALGORITHMS if a in set(trials["algorithm"])]
+    lines = [
+        f"minimax, run {run_id}: f = {cfg.a:g} x^2 {cfg.b:+g} xy {cfg.c:+g} y^2, saddle {cfg.saddle()}, "
+        f"start ({first['x0']:g}, {first['y0']:g}), T = {int(first['steps'])}",
+        f"{'algorithm':<14} {'stable lrs on the grid (measured)':<40} stable lrs (analytic, rho < 1)",
+    ]
+    for algorithm in algorithms:
+        rows = trials[trials["algorithm"] == algorithm].sort_values("lr")
+        lrs, ok = rows["lr"].to_numpy(), rows["converged"].to_numpy(bool)
+        analytic = minimax.stable_intervals(cfg, algorithm, float(lrs.max()))
+        lines.append(f"{algorithm:<14} {_grid_ranges(lrs, ok):<40} {_interval_text(analytic)}")
+        agree = (rows["spectral_radius"].to_numpy() < 1) == ok
+        if not agree.all():
+            lines.append(f"{'':<14} measured and analytic disagree at {int((~agree).sum())} grid points")
+
+    # convergence map: one band per algorithm, colour = log10 distance to the saddle after T steps
+    fig, ax = plt.subplots(figsize=(10, 1 + 0.6 * len(algorithms)))
+    for row, algorithm in enumerate(algorithms):
+        sub = trials[trials["algorithm"] == algorithm].sort_values("lr")
+        lrs = sub["lr"].to_numpy()
+        edges = np.concatenate([[lrs[0]], np.sqrt(lrs[1:] * lrs[:-1]), [lrs[-1]]])
+        dist = np.log10(np.clip(sub["final_distance"].to_numpy(float), 1e-300, None))
+        # diverged lanes stopped early: show them at the divergence threshold, not below it
+        dist = np.where(sub["diverged"].to_numpy(bool), np.log10(sub["diverge_above"].to_numpy(float)), dist)
+        mesh = ax.pcolormesh(edges, [row - 0.5, row + 0.5], dist[None, :], cmap="RdBu_r", vmin=-20, vmax=12, shading="flat")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(algorithms)), algorithms)
+    ax.set_xlabel("learning rate")
+    ax.set_title(f"log10 distance to the saddle after {int(first['steps'])} steps (blue: converged, red: diverged)")
+    fig.colorbar(mesh, ax=ax, label="log10 distance")
+    fig.tight_layout()
+    map_path = out_dir / f"convergence_map-{run_id}.png"
+    fig.savefig(map_path, dpi=120)
+    plt.close(fig)
+
+    # distance vs step for a few learning rates per algorithm
+    steps = store.read("minimax", "steps")
+    steps = steps[steps["run_id"] == run_id]
+    fig, axes = plt.subplots(1, len(algorithms), figsize=(3.2 * len(algorithms), 3.2), sharey=True, squeeze=False)
+    for ax, algorithm in zip(axes[0], algorithms):
+        sub = steps[steps["algorithm"] == algorithm]
+        grid = np.sort(sub["lr"].unique())
+        for target in (0.01, 0.05, 0.1, 0.2, 0.3):
+            if grid.size == 0:
+                break
+            lr = grid[np.abs(np.log(grid / target)).argmin()]
+            curve = sub[sub["lr"] == lr].sort_values("step")
+            ax.plot(curve["step"].clip(lower=1), curve["distance"].clip(lower=1e-300), label=f"lr={lr:.3g}")
+        ax.set(xscale="log", yscale="log", title=algorithm, xlabel="step")
+        ax.set_ylim(1e-30, 1e13)
+    axes[0][0].set_ylabel("distance to saddle")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    curve_path = out_dir / f"distance_curves-{run_id}.png"
+    fig.savefig(curve_path, dpi=120)
+    plt.close(fig)
+    lines += [f"plots: {map_path}", f"       {curve_path}"]
+    return "\n".join(lines)
+
+
+REPORTS = {"minimax": minimax_report}

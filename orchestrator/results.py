@@ -1,0 +1,140 @@
+"""Metric rows -> Parquet tables, written atomically by the driver (never by workers).
+
+Layout: `<root>/<study>/<table>.parquet/` is a directory of Parquet files, one per finished trial
+(`<run_id>-<trial_key>.parquet`), so runs accumulate and `pandas.read_parquet(dir)` reads them all.
+Each file is written to a hidden temporary name and renamed into place: readers (pyarrow skips
+names starting with '.' or '_') see a whole file or none, whenever the process dies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1  # bump when the table layout changes incompatibly
+MARKER = "orchestrator-results.json"
+TABLES = ("trials", "steps")
+
+
+class StoreError(RuntimeError):
+    """The results directory cannot be used: the CLI prints it as one line."""
+
+
+def report_frame(report: Mapping[str, Any]) -> pd.DataFrame:
+    """A columnar report (scalars and equal-length 1-D arrays) -> one row per array entry."""
+    columns = {k: (np.asarray(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in report.items()}
+    lengths = {v.shape[0] for v in columns.values() if isinstance(v, np.ndarray) and v.ndim == 1}
+    if len(lengths) > 1:
+        raise ValueError(f"report arrays differ in length: {sorted(lengths)}")
+    if not lengths:
+        return pd.DataFrame([columns])
+    n = lengths.pop()
+    return pd.DataFrame({k: (v if isinstance(v, np.ndarray) else [v] * n) for k, v in columns.items()})
+
+
+def config_columns(config: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Config fields as flat scalar columns: tuples become comma-joined strings."""
+    out = {}
+    for key, value in config.items():
+        if key in exclude:
+            continue
+        if isinstance(value, (tuple, list)):
+            value = ",".join(str(v) for v in value)
+        out[key] = value
+    return out
+
+
+class ResultStore:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def open_for_writing(self) -> None:
+        """Create the root (or check its version) and prove it writable, before any work starts."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker = self.root / MARKER
+            if marker.exists():
+                self._check_version(marker)
+            else:
+                _atomic_write_bytes(marker, json.dumps({"format_version": FORMAT_VERSION}).encode())
+            probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise StoreError(f"results directory {self.root} is not writable: {exc.strerror or exc}") from None
+
+    def open_for_reading(self) -> None:
+        marker = self.root / MARKER
+        if not marker.exists():
+            raise StoreError(f"no results in {self.root}: run `python -m orchestrator run ...` first")
+        self._check_version(marker)
+
+    def _check_version(self, marker: Path) -> None:
+        try:
+            version = json.loads(marker.read_text()).get("format_version")
+        except (OSError, ValueError, AttributeError):
+            raise StoreError(f"{marker} is unreadable: not a results directory of this tool?") from None
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.root} holds results format {version}, this version writes {FORMAT_VERSION}: "
+                "use another --results directory"
+            )
+
+    def table_dir(self, study: str, table: str) -> Path:
+        return self.root / study / f"{table}.parquet"
+
+    def write(self, study: str, table: str, name: str, frame: pd.DataFrame) -> Path:
+        """Write one part file atomically; returns its path."""
+        directory = self.table_dir(study, table)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.parquet"
+        arrow = pa.Table.from_pandas(_sanitize(frame), preserve_index=False)
+        tmp = directory / f".{name}.parquet.tmp"
+        try:
+            pq.write_table(arrow, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def read(self, study: str, table: str) -> pd.DataFrame:
+        """Every part of a table, schemas unified (a column missing from a part reads as null)."""
+        return read_table(self.table_dir(study, table))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if path.is_file():
+        return pd.read_parquet(path)
+    parts = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_"))) if path.exists() else []
+    if not parts:
+        return pd.DataFrame()
+    tables = [pq.read_table(p) for p in parts]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def _sanitize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns of mixed None/float -> float; numpy scalars are handled by pyarrow."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            values = [v for v in out[column] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            if values and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+                out[column] = pd.to_numeric(out[column])
+    return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

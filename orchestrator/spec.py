@@ -1,0 +1,138 @@
+"""Experiment specs: a study's typed config, how it fans out into trials, and how it is scaled.
+
+`--set KEY=VALUE` overrides are parsed against the dataclass field types and validated by the
+config's own `__post_init__`, so a typo, a wrong type or an out-of-range value fails here, with one
+line, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class SpecError(ValueError):
+    """Bad user input in a spec or an override: the CLI prints it as one line."""
+
+
+@dataclass(frozen=True)
+class Scaling:
+    num_workers: int = 1  # Ray Train workers (DDP ranks) per trial
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker (or per trial, for single-process studies)
+    max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs/GPUs hold at once
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_concurrent_trials < 0:
+            raise ValueError(f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    study: str  # registry key of the workload
+    profile: str  # "local" or "paper"
+    summary: str  # one line for `list`: what this profile does
+    config: Any  # the workload's frozen Config
+    scaling: Scaling = field(default_factory=Scaling)
+    # config -> one dict of config overrides per trial (the Tune grid); default: a single trial
+    sweep: Callable[[Any], list[dict]] | None = None
+
+    def trial_configs(self) -> list[Any]:
+        """The config of every trial, in a stable order."""
+        overrides = self.sweep(self.config) if self.sweep else [{}]
+        return [dataclasses.replace(self.config, **o) for o in overrides]
+
+    def with_overrides(self, overrides: dict[str, str]) -> "Experiment":
+        """Apply `field=value` strings to the config (or, for scaling fields, to the scaling)."""
+        cfg_fields = {f.name for f in dataclasses.fields(self.config)}
+        scale_fields = {f.name for f in dataclasses.fields(self.scaling)}
+        cfg_changes, scale_changes = {}, {}
+        for key, raw in overrides.items():
+            if key in cfg_fields:
+                cfg_changes[key] = parse_value(type(self.config), key, raw)
+            elif key in scale_fields:
+                scale_changes[key] = parse_value(Scaling, key, raw)
+            else:
+                known = ", ".join(sorted(cfg_fields | scale_fields))
+                raise SpecError(f"{self.study}: unknown setting {key!r}; known: {known}")
+        try:
+            return dataclasses.replace(
+                self,
+                config=dataclasses.replace(self.config, **cfg_changes),
+                scaling=dataclasses.replace(self.scaling, **scale_changes),
+            )
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"{self.study}: {exc}") from None
+
+
+def parse_value(cls: type, name: str, raw: str) -> Any:
+    """Turn a command-line string into the declared type of `cls.name`."""
+    hint = typing.get_type_hints(cls)[name]
+    try:
+        return _parse(hint, raw.strip())
+    except (ValueError, TypeError):
+        raise SpecError(f"{name}={raw!r}: expected {_describe(hint)}") from None
+
+
+def _parse(hint: Any, raw: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: "none" -> None
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _parse(next(a for a in args if a is not type(None)), raw)
+    if origin is tuple:  # tuple[X, ...]: comma-separated
+        item = args[0]
+        return tuple(_parse(item, part.strip()) for part in raw.split(",") if part.strip())
+    if hint is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if hint is int:
+        value = float(raw)  # accepts 1e3
+        if not value.is_integer():
+            raise ValueError(raw)
+        return int(value)
+    if hint is float:
+        return float(raw)
+    if hint is str:
+        return raw
+    raise TypeError(f"unsupported setting type {hint}")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return f"a comma-separated list of {_describe(args[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) if a is not type(None) else "none" for a in args)
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def split_overrides(pairs: list[str], studies: list[str], all_studies: bool) -> dict[str, dict[str, str]]:
+    """`["steps=5", "gan.lr=1e-4"]` -> {study: {field: raw}}; a bare key needs a single study."""
+    out: dict[str, dict[str, str]] = {s: {} for s in studies}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError(f"--set {pair!r}: expected KEY=VALUE")
+        study, dot, name = key.partition(".")
+        if dot:
+            if study not in out:
+                raise SpecError(f"--set {pair!r}: {study!r} is not a study being run ({', '.join(studies)})")
+            out[study][name] = raw
+        elif all_studies or len(studies) != 1:
+            raise SpecError(f"--set {pair!r}: under 'run all' name the study, e.g. {studies[0]}.{key}={raw}")
+        else:
+            out[studies[0]][key] = raw
+    return out

@@ -1,0 +1,38 @@
+"""Shared fixtures: Ray is started once per test session (a per-test init costs ~4 s)."""
+
+import os
+
+# Test-only Ray settings (never the product's defaults): no auth token, no usage stats, quick health
+# checks so Train runs end promptly.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from orchestrator.ray_backend import DRIVER_RESOURCE, DRIVER_SLOTS
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        object_store_memory=256 * 2**20,
+        resources={DRIVER_RESOURCE: DRIVER_SLOTS},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The real data folder (FashionMNIST/, flickr8k_subset/), from ORCHESTRATOR_DATA_DIR."""
+    path = os.environ.get("ORCHESTRATOR_DATA_DIR")
+    if not path:
+        pytest.skip("ORCHESTRATOR_DATA_DIR is not set: point it at the folder holding FashionMNIST/ and flickr8k_subset/")
+    return path

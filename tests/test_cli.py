@@ -1,0 +1,87 @@
+"""The CLI end to end, in process: Ray Tune runs the study, tables are read back from Parquet."""
+
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+
+TINY = ["--set", "num_lrs=40", "--set", "steps=300"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_session, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    assert main(["run", "minimax", "--results", str(results), *TINY]) == 0
+    return results
+
+
+def test_run_writes_one_row_per_algorithm_and_lr(finished_run):
+    trials = pd.read_parquet(finished_run / "minimax" / "trials.parquet")
+    assert len(trials) == 5 * 40
+    assert set(trials["algorithm"]) == {"gda", "alt_gda", "gd", "extragradient", "optimistic"}
+    for column in ("run_id", "trial_id", "trial_key", "status", "wall_time_s", "lr", "a", "b", "c", "steps", "x0", "y0",
+                   "final_x", "final_y", "final_distance", "converged", "rate", "spectral_radius",
+                   "saddle_x", "saddle_y"):
+        assert column in trials, column
+    assert (trials["status"] == "TERMINATED").all() and trials["run_id"].nunique() == 1
+    assert (trials.groupby("algorithm")["lr"].nunique() == 40).all()
+    assert trials.select_dtypes("number").notna().all().all()
+    assert (trials["converged"] == (trials["spectral_radius"] < 1)).all()
+    gda = trials[trials["algorithm"] == "gda"]
+    assert (gda["converged"] == (gda["lr"] < 0.25)).all()
+    assert not trials[trials["algorithm"] == "gd"]["converged"].any()
+
+
+def test_steps_table_holds_distance_curves(finished_run):
+    steps = pd.read_parquet(finished_run / "minimax" / "steps.parquet")
+    assert {"algorithm", "lr", "step", "distance", "run_id", "trial_id"} <= set(steps.columns)
+    curve = steps[(steps["algorithm"] == "gda")].sort_values("step")
+    assert curve["step"].iloc[0] == 0 and curve["step"].max() == 300
+    assert steps["distance"].map(lambda d: d == d and d != float("inf")).all()
+
+
+def test_runs_accumulate_and_report_writes_plots(finished_run, capsys):
+    assert main(["run", "minimax", "--results", str(finished_run), "--set", "num_lrs=10", "--set", "steps=50"]) == 0
+    trials = pd.read_parquet(finished_run / "minimax" / "trials.parquet")
+    assert trials["run_id"].nunique() == 2 and len(trials) == 5 * 40 + 5 * 10
+    first = sorted(trials["run_id"].unique())[0]
+    capsys.readouterr()
+    assert main(["report", "minimax", "--results", str(finished_run), "--run", first]) == 0
+    out = capsys.readouterr().out
+    assert "gda" in out and "(0, 0.25)" in out and "none" in out  # analytic GDA range; gd never stable
+    plots = list((finished_run / "minimax" / "report").glob(f"*{first}.png"))
+    assert len(plots) == 2 and all(p.stat().st_size > 10_000 for p in plots)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "nope"], "unknown study"),
+    (["run", "minimax", "--set", "bogus=1"], "unknown setting 'bogus'"),
+    (["run", "minimax", "--set", "lr_max=abc"], "expected a number"),
+    (["run", "minimax", "--set", "lrs=0.1,0"], "lr must be"),
+    (["run", "minimax", "--set", "steps=-3"], "steps must be > 0"),
+    (["report", "minimax", "--run", "no-such-run"], "no run 'no-such-run'"),
+])
+def test_bad_input_is_one_line_and_leaves_results_intact(finished_run, capsys, argv, message):
+    before = sorted(p.name for p in (finished_run / "minimax" / "trials.parquet").iterdir())
+    capsys.readouterr()
+    assert main([*argv, "--results", str(finished_run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in (finished_run / "minimax" / "trials.parquet").iterdir()) == before
+
+
+def test_unwritable_results_directory(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "minimax", "--results", str(blocker / "results")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_help_and_list(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--help"])
+    assert info.value.code == 0
+    assert "--set" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "minimax.steps = 1000" in out and "--profile paper" in out

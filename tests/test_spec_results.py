@@ -1,0 +1,78 @@
+"""Overrides are parsed and checked before anything runs; tables are written whole or not at all."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.cli import resolve
+from orchestrator.results import FORMAT_VERSION, MARKER, ResultStore, StoreError, report_frame
+from orchestrator.spec import SpecError
+
+
+def test_overrides_are_typed():
+    (exp,) = resolve("minimax", "local", ["steps=500", "lr_max=0.3", "algorithms=gda,gd", "lrs=0.1, 0.2"])
+    assert exp.config.steps == 500 and exp.config.lr_max == 0.3
+    assert exp.config.algorithms == ("gda", "gd") and exp.config.lrs == (0.1, 0.2)
+    (exp,) = resolve("minimax", "local", ["minimax.num_workers=2", "minimax.use_gpu=false"])
+    assert exp.scaling.num_workers == 2 and exp.scaling.use_gpu is False
+
+
+@pytest.mark.parametrize("study, pairs, message", [
+    ("nope", [], "unknown study 'nope'"),
+    ("minimax", ["stepz=5"], "unknown setting 'stepz'"),
+    ("minimax", ["steps=abc"], "expected an integer"),
+    ("minimax", ["steps=1.5"], "expected an integer"),
+    ("minimax", ["lr_max=fast"], "expected a number"),
+    ("minimax", ["lrs=0.1,-0.2"], "lr must be a finite number > 0"),
+    ("minimax", ["steps=0"], "steps must be > 0"),
+    ("minimax", ["lr_min=0"], "lr_min"),
+    ("minimax", ["steps"], "expected KEY=VALUE"),
+    ("all", ["steps=5"], "under 'run all' name the study"),
+    ("all", ["gan9.steps=5"], "not a study being run"),
+])
+def test_bad_overrides_fail_with_one_clear_line(study, pairs, message):
+    with pytest.raises(SpecError, match=message) as info:
+        resolve(study, "local", pairs)
+    assert "\n" not in str(info.value)
+
+
+def test_trial_configs_chunk_the_grid_per_algorithm():
+    (exp,) = resolve("minimax", "local", ["num_lrs=300", "algorithms=gda,gd"])
+    configs = exp.trial_configs()
+    assert {c.algorithms for c in configs} == {("gda",), ("gd",)}
+    lrs = sorted(lr for c in configs if c.algorithms == ("gda",) for lr in c.lrs)
+    assert np.allclose(lrs, exp.config.lr_grid())  # every lr exactly once per algorithm
+
+
+def test_report_frame_expands_columnar_reports():
+    frame = report_frame({"algorithm": "gda", "lr": np.array([0.1, 0.2]), "step": 3})
+    assert frame.to_dict("records") == [
+        {"algorithm": "gda", "lr": 0.1, "step": 3}, {"algorithm": "gda", "lr": 0.2, "step": 3}]
+    assert len(report_frame({"loss": 1.5})) == 1
+    with pytest.raises(ValueError):
+        report_frame({"a": np.zeros(2), "b": np.zeros(3)})
+
+
+def test_store_accumulates_parts_and_ignores_torn_temporaries(tmp_path):
+    store = ResultStore(tmp_path)
+    store.open_for_writing()
+    store.write("s", "trials", "run1-a", pd.DataFrame({"run_id": ["run1"], "x": [1.0]}))
+    store.write("s", "trials", "run2-a", pd.DataFrame({"run_id": ["run2"], "x": [2.0], "y": [3]}))
+    # a writer killed mid-write leaves only a hidden temporary: readers never see it
+    (store.table_dir("s", "trials") / ".run3-a.parquet.tmp").write_bytes(b"PAR1 torn")
+    table = store.read("s", "trials")
+    assert sorted(table["run_id"]) == ["run1", "run2"]
+    assert table["y"].isna().sum() == 1  # schemas unified across runs
+    assert len(pd.read_parquet(store.table_dir("s", "trials"))) == 2  # plain pandas reads the directory
+
+
+def test_store_refuses_unwritable_and_foreign_directories(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="not writable"):
+        ResultStore(blocker / "results").open_for_writing()
+    (tmp_path / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(StoreError, match="results format"):
+        ResultStore(tmp_path).open_for_writing()

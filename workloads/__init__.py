@@ -1,0 +1,1 @@
+"""Plain PyTorch / NumPy workloads. Nothing here imports Ray or the orchestrator."""
