@@ -24,10 +24,10 @@ DEFAULT_RESULTS = "results"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
-        description="Reproduce the minimax study at scale on Ray: Tune fans out trials, "
-        "every result lands in Parquet tables under --results.",
+        description="Reproduce the minimax / GAN study at scale on Ray: Tune fans out trials, Train runs "
+        "DDP, every result lands in Parquet tables under --results.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,generate}")
 
     run = sub.add_parser("run", help="run a study (or all of them) and write its tables",
                          description="Run a study, or all, on Ray; results go to <results>/<study>/{trials,steps}.parquet.")
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "repeatable; see `list` for the fields")
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="join a running Ray cluster (e.g. auto, or ray://host:10001) instead of starting one")
+    run.add_argument("--data-dir", default=None, metavar="DIR",
+                     help="folder holding FashionMNIST/ (and flickr8k_subset/); default: $ORCHESTRATOR_DATA_DIR, "
+                     "else download where possible")
     run.add_argument("--no-dashboard", action="store_true", help="start local Ray without its dashboard")
 
     sub.add_parser("list", help="list studies, their profiles and settings",
@@ -50,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("study", metavar="STUDY", help=f"one of: {', '.join(studies())}")
     report.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
     report.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="which run (default: the latest)")
+
+    generate = sub.add_parser("generate", help="write a grid of new samples from a trained GAN generator",
+                              description="Sample a trained generator into a PNG grid.")
+    generate.add_argument("study", metavar="STUDY", choices=["gan"], help="gan")
+    generate.add_argument("--checkpoint", default=None, metavar="PATH",
+                          help="generator.pt, or a checkpoint directory/file holding one "
+                          "(default: the latest finished trial under --results)")
+    generate.add_argument("--n", type=int, default=64, help="number of samples (default: 64, an 8x8 grid)")
+    generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    generate.add_argument("--out", default=None, metavar="FILE", help="PNG to write (default: <results>/gan/generated.png)")
+    generate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
     return parser
 
 
@@ -60,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "report":
             return _report(args)
+        if args.command == "generate":
+            return _generate(args)
         return _run(args)
-    except (SpecError, StoreError) as exc:
+    except (SpecError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # BackendError and friends: still one line, never a traceback wall
@@ -73,21 +89,38 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def resolve(study: str, profile: str, overrides: list[str]) -> list[Experiment]:
+def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None = None) -> list[Experiment]:
     """Names and --set pairs -> validated experiments, in run order."""
     names = studies() if study == "all" else [study]
     if study != "all" and study not in EXPERIMENTS:
         raise SpecError(f"unknown study {study!r}; choose from {', '.join(studies())} or all")
     per_study = split_overrides(overrides, names, all_studies=study == "all")
-    return [EXPERIMENTS[name][profile].with_overrides(per_study[name]) for name in names]
+    out = []
+    for name in names:
+        exp = EXPERIMENTS[name][profile]
+        settings = dict(per_study[name])
+        if data_dir is not None and hasattr(exp.config, "data_dir"):
+            settings.setdefault("data_dir", str(Path(data_dir).expanduser().resolve()))
+        out.append(exp.with_overrides(settings))
+    return out
+
+
+def preflight(experiments: list[Experiment]) -> None:
+    """Workload checks (data present, caches built) before Ray starts; failures are one line."""
+    for exp in experiments:
+        try:
+            WORKLOADS[exp.study].check(exp.config)
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"{exp.study}: {exc}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
     from orchestrator import ray_backend
 
-    experiments = resolve(args.study, args.profile, args.overrides)
+    experiments = resolve(args.study, args.profile, args.overrides, args.data_dir)
     store = ResultStore(args.results)
     store.open_for_writing()
+    preflight(experiments)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
     failed = 0
@@ -140,4 +173,25 @@ def _report(args: argparse.Namespace) -> int:
     store = ResultStore(args.results)
     store.open_for_reading()
     print(report.study_report(args.study, store, args.run_id))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    store = ResultStore(args.results)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        store.open_for_reading()
+        trials = store.read("gan", "trials")
+        done = trials[trials["status"] == "TERMINATED"] if len(trials) else trials
+        if done.empty or "generator_path" not in done:
+            raise StoreError(f"no finished GAN trial in {store.root}: run `python -m orchestrator run gan` or pass --checkpoint")
+        checkpoint = done.sort_values("run_id")["generator_path"].iloc[-1]
+    if not Path(checkpoint).exists():
+        raise SpecError(f"checkpoint {checkpoint} does not exist")
+    if args.n <= 0:
+        raise SpecError(f"--n must be > 0, got {args.n}")
+    from workloads.gan.generate import write_samples
+
+    out = write_samples(checkpoint, args.out or store.root / "gan" / "generated.png", n=args.n, seed=args.seed)
+    print(f"wrote {args.n} samples from {checkpoint} to {out}")
     return 0

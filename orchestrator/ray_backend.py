@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,8 +25,8 @@ import pandas as pd
 
 from orchestrator.registry import Workload
 from orchestrator.results import ResultStore, config_columns, report_frame
-from orchestrator.spec import Experiment
-from workloads.runtime import FINAL_KEY
+from orchestrator.spec import Experiment, Scaling
+from workloads.runtime import FINAL_KEY, load_state, save_state
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
 DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
@@ -63,6 +64,8 @@ def start(address: str | None = None, dashboard: bool = True) -> Session:
 
     if ray.is_initialized():  # tests, notebooks: reuse the caller's Ray
         return Session(owned=False, dashboard_url=None)
+    # Train's controller polls workers every 2 s by default, which adds ~6 s to every run's end
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     try:
         if address:
             context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -95,10 +98,16 @@ class _TuneRuntime:
 
     world_size, rank, is_rank_zero, device = 1, 0, True, "cpu"
 
+    def __init__(self, artifact_dir: str) -> None:
+        self.artifact_dir = artifact_dir
+
     def report(self, metrics, final: bool = False, checkpoint=None) -> None:
         from ray import tune
 
         tune.report({**metrics, FINAL_KEY: final})
+
+    def restore(self):
+        return None
 
     def prepare_model(self, model):
         return model
@@ -106,14 +115,107 @@ class _TuneRuntime:
     def prepare_loader(self, loader):
         return loader
 
-    def latest_checkpoint(self):
-        return None
+
+class _TrainRuntime:
+    """Runtime of a Ray Train worker: DDP preparation, `ray.train.report` with checkpoints."""
+
+    def __init__(self, artifact_dir: str) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.world_size, self.rank = context.get_world_size(), context.get_world_rank()
+        self.is_rank_zero = self.rank == 0
+        self.device = ray.train.torch.get_device()
+        self.artifact_dir = artifact_dir
+
+    def report(self, metrics, final: bool = False, checkpoint=None) -> None:
+        import ray.train
+
+        payload = {**metrics, FINAL_KEY: final}
+        if checkpoint is None:
+            ray.train.report(payload)
+            return
+        with tempfile.TemporaryDirectory() as tmp:  # Train copies it into the run's storage
+            save_state(checkpoint, tmp)
+            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def restore(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(directory)
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP when world_size > 1, device placement
+
+    def prepare_loader(self, loader):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader)  # DistributedSampler, device placement
 
 
-def _function_trial(params: dict, *, module: str, configs: list) -> None:
+def _function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list) -> None:
     import importlib
 
-    importlib.import_module(module).train_loop(configs[params["trial"]], _TuneRuntime())
+    index = params["trial"]
+    importlib.import_module(module).train_loop(configs[index], _TuneRuntime(artifact_dirs[index]))
+
+
+def _train_worker(params: dict) -> None:
+    import importlib
+
+    importlib.import_module(params["module"]).train_loop(params["config"], _TrainRuntime(params["artifact_dir"]))
+
+
+def _train_driver(params: dict, *, module: str, configs: list, artifact_dirs: list, names: list,
+                  scaling: Scaling, storage: str) -> None:
+    """A Tune trial that builds and fits one TorchTrainer (the Train V2 pattern)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    index = params["trial"]
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"module": module, "config": configs[index], "artifact_dir": artifact_dirs[index]},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=names[index],
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],  # worker reports -> this Tune trial's results
+        ),
+    )
+    trainer.fit()
+
+
+def _max_concurrent(scaling: Scaling) -> int:
+    """How many trials the cluster holds at once, from its resources (so Train runs never starve)."""
+    import ray
+
+    if scaling.max_concurrent_trials:
+        return scaling.max_concurrent_trials
+    resources = ray.cluster_resources()
+    fits = int(resources.get("CPU", 1) // (scaling.num_workers * scaling.cpus_per_worker))
+    if scaling.use_gpu:
+        fits = min(fits, int(resources.get("GPU", 0) // scaling.num_workers))
+    if fits < 1:
+        raise BackendError(
+            f"one trial needs {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU"
+            f"{' + 1 GPU' if scaling.use_gpu else ''}; the cluster has {resources.get('CPU', 0):g} CPU, "
+            f"{resources.get('GPU', 0):g} GPU: lower num_workers / cpus_per_worker or add nodes"
+        )
+    return fits
 
 
 # ---- the driver side -----------------------------------------------------------------------------
@@ -159,6 +261,7 @@ def run_experiment(
     from ray import tune
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our tables replace Tune's logs
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0: no boxes
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     configs = exp.trial_configs()
@@ -178,6 +281,8 @@ def run_experiment(
         name = f"{run_id}-{keys[index]}"
         if got.steps:
             steps = pd.concat(got.steps, ignore_index=True)
+            if workload.step_key and workload.step_key in steps:  # a retried epoch counts once: the last
+                steps = steps.drop_duplicates(subset=workload.step_key, keep="last")
             store.write(exp.study, "steps", name, steps.assign(**ids))
         trials = pd.concat(got.finals, ignore_index=True) if got.finals else pd.DataFrame([{}])
         for column, value in cfg.items():
@@ -190,23 +295,33 @@ def run_experiment(
         tail = f"  error: {error}" if error else ""
         progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()} ({trial_id}, {len(trials)} rows){tail}")
 
+    storage = str((store.root / "_ray").resolve())
+    names = [f"{run_id}-{key}" for key in keys]
+    artifact_dirs = [str((store.root / exp.study / "artifacts" / name).resolve()) for name in names]
     if workload.distributed:
-        raise NotImplementedError("distributed workloads arrive with the GAN study")
-    trainable = tune.with_resources(
-        tune.with_parameters(_function_trial, module=workload.module, configs=configs),
-        {"cpu": exp.scaling.cpus_per_worker},
-    )
+        trainable = tune.with_resources(
+            tune.with_parameters(_train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
+                                 names=[f"{exp.study}-{n}" for n in names], scaling=exp.scaling, storage=storage),
+            {"cpu": 0, DRIVER_RESOURCE: 1},  # the driver only waits on its TorchTrainer's workers
+        )
+        concurrent = _max_concurrent(exp.scaling)
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(_function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
+            {"cpu": exp.scaling.cpus_per_worker},
+        )
+        concurrent = exp.scaling.max_concurrent_trials or None
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(configs))))},
         tune_config=tune.TuneConfig(
-            reuse_actors=True,
-            max_concurrent_trials=exp.scaling.max_concurrent_trials or None,
+            reuse_actors=not workload.distributed,
+            max_concurrent_trials=concurrent,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
             name=f"{exp.study}-{run_id}",
-            storage_path=str((store.root / "_ray").resolve()),
+            storage_path=storage,
             callbacks=[_collector_class()(on_result, on_end)],
             verbose=0,
         ),

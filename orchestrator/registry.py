@@ -17,14 +17,26 @@ class Workload:
     mode: str  # "min" or "max"
     distributed: bool  # True: each trial is a Ray Train (TorchTrainer, DDP) run
     row_exclude: tuple[str, ...] = ()  # config fields left out of table rows (the loop reports them per row)
+    step_key: str | None = None  # a steps-table column unique per step (a retried epoch is kept once)
+    preflight: str | None = None  # "module:function" run on each trial config before Ray starts (data checks)
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
+
+    def check(self, config) -> None:
+        """Run the workload's preflight (e.g. is the data there?) on one config."""
+        if self.preflight:
+            module, _, function = self.preflight.partition(":")
+            getattr(importlib.import_module(module), function)(config)
 
 
 WORKLOADS: dict[str, Workload] = {
     "minimax": Workload(
         "workloads.minimax", metric="final_distance", mode="min", distributed=False,
         row_exclude=("algorithms", "lrs"),  # every row has its own `algorithm` and `lr`
+    ),
+    "gan": Workload(
+        "workloads.gan.loop", metric="fid", mode="min", distributed=True, step_key="epoch",
+        preflight="workloads.gan.loop:preflight",
     ),
 }

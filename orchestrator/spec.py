@@ -24,12 +24,15 @@ class Scaling:
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker (or per trial, for single-process studies)
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs/GPUs hold at once
+    max_failures: int = 2  # Train runs: restarts from the last checkpoint after a worker failure
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
         if not self.cpus_per_worker > 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= -1 (-1: retry forever), got {self.max_failures}")
         if self.max_concurrent_trials < 0:
             raise ValueError(f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}")
 

@@ -1,43 +1,85 @@
 """The seam between a training loop and whatever runs it.
 
-A loop calls `runtime.report(metrics)` and, for torch workloads, `runtime.prepare_model` /
-`runtime.prepare_loader`. Locally (tests, plain scripts) it gets `LocalRuntime`; under Ray the
-orchestrator passes a runtime built on Ray Tune / Ray Train with the same methods. Loops never
-import Ray.
+A loop calls `runtime.report(metrics, checkpoint=state)`, `runtime.restore()` and, for torch
+workloads, `runtime.prepare_model` / `runtime.prepare_loader`. Locally (tests, plain scripts) it
+gets `LocalRuntime`; under Ray the orchestrator passes a runtime built on Ray Tune / Ray Train with
+the same methods. Loops never import Ray.
 
 Report protocol: `metrics` is a flat dict whose values are scalars or equal-length 1-D arrays (a
 batch of rows, from vectorised loops). `final=False` reports become rows of the steps table;
-`final=True` reports become rows of the trials table.
+`final=True` reports become rows of the trials table. Every rank calls `report` (under DDP it is a
+collective); only rank 0's metrics and checkpoint are kept.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Mapping
 
 FINAL_KEY = "_final"  # carried inside the metrics dict, so it survives Ray's report plumbing
+STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
+
+
+def save_state(state: Mapping[str, Any], directory: str | os.PathLike) -> None:
+    import torch
+
+    path = Path(directory) / STATE_FILE
+    tmp = path.with_name(f".{STATE_FILE}.tmp")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, path)
+
+
+def load_state(directory: str | os.PathLike) -> dict | None:
+    import torch
+
+    path = Path(directory) / STATE_FILE
+    # weights_only: a checkpoint is data (tensors, numbers, dicts), never code to unpickle
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def unwrap(model):
+    """The module inside a DDP wrapper (state dicts without the `module.` prefix)."""
+    return getattr(model, "module", model)
+
+
+def reduce_mean(tensor):
+    """Mean over ranks when torch.distributed is running, else the tensor itself."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor / dist.get_world_size()
+    return tensor
 
 
 class LocalRuntime:
-    """Single process, no Ray: keeps every report in memory."""
+    """Single process, no Ray: keeps every report in memory; checkpoints go to `checkpoint_dir`."""
 
     world_size = 1
     rank = 0
     is_rank_zero = True
 
-    def __init__(self, device: str = "cpu", checkpoint_dir: str | None = None) -> None:
+    def __init__(self, device: str = "cpu", artifact_dir: str | None = None, checkpoint_dir: str | None = None) -> None:
         self.device = device
-        self.checkpoint_dir = checkpoint_dir  # where a resumable loop finds its last checkpoint
+        self.artifact_dir = artifact_dir or tempfile.mkdtemp(prefix="orchestrator-")
+        self.checkpoint_dir = checkpoint_dir
         self.steps: list[dict] = []
         self.finals: list[dict] = []
 
-    def report(self, metrics: Mapping[str, Any], final: bool = False, checkpoint: str | None = None) -> None:
+    def report(self, metrics: Mapping[str, Any], final: bool = False, checkpoint: Mapping | None = None) -> None:
         (self.finals if final else self.steps).append(dict(metrics))
+        if checkpoint is not None and self.checkpoint_dir:
+            Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            save_state(checkpoint, self.checkpoint_dir)
+
+    def restore(self) -> dict | None:
+        return load_state(self.checkpoint_dir) if self.checkpoint_dir else None
 
     def prepare_model(self, model):
         return model.to(self.device)
 
     def prepare_loader(self, loader):
         return loader
-
-    def latest_checkpoint(self) -> str | None:
-        return None

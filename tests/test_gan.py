@@ -1,0 +1,144 @@
+"""The GAN study: models as the study wrote them, the quality score, and a real 2-worker DDP run
+under Ray Train with an injected failure, resumed from its checkpoint."""
+
+import struct
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.cli import main
+from workloads.gan import data, loop, quality
+from workloads.gan.config import Config
+from workloads.gan.models import Discriminator, Generator
+
+
+def test_model_shapes_and_init():
+    g, d = loop.build_models(Config())
+    z = torch.randn(5, 100)
+    x = g(z)
+    assert x.shape == (5, 1, 28, 28) and x.min() >= -1 and x.max() <= 1  # tanh output
+    assert d(x).shape == (5,)
+    assert isinstance(g.project[1], torch.nn.BatchNorm1d)  # the study's BatchNorm2d on a flat tensor fails
+    conv = d.net[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.bias) == \
+        (1, 64, (5, 5), (2, 2), (2, 2), None)
+    assert abs(float(g.project[0].weight.detach().std()) - 0.02) < 0.002  # N(0, 0.02) init
+    assert sum(p.numel() for p in Generator().parameters()) == 2305472
+    assert sum(p.numel() for p in Discriminator().parameters()) == 212801
+
+
+def test_frechet_distance_properties():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 8))
+    assert quality.frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+    shifted = quality.frechet_distance(a, a + 2.0)
+    assert shifted == pytest.approx(8 * 4.0, rel=1e-6)  # |mu1 - mu2|^2 with equal covariances
+    b = rng.normal(size=(4000, 8)) * 3.0  # same mean, variance 9: FID = 8 * (1 + 9 - 2 * 3)
+    assert quality.frechet_distance(a, b) == pytest.approx(32, rel=0.05)
+
+
+def test_class_coverage():
+    assert quality.class_coverage(np.arange(1000) % 10) == (1.0, pytest.approx(1.0))
+    coverage, entropy = quality.class_coverage(np.zeros(1000, dtype=int))
+    assert coverage == pytest.approx(0.1) and entropy == 0.0
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(data.DataError, match="point --data-dir or ORCHESTRATOR_DATA_DIR"):
+        data.locate(str(tmp_path / "nowhere"), str(tmp_path / "cache"))
+    code = main(["run", "gan", "--data-dir", str(tmp_path / "nowhere"), "--set", f"cache_dir={tmp_path / 'cache'}",
+                 "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and "FashionMNIST not found" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def cache_dir(data_dir, tmp_path_factory):
+    """Extracted FashionMNIST and the trained FID classifier, built once for this module."""
+    cache = str(tmp_path_factory.mktemp("cache"))
+    data.locate(data_dir, cache)
+    model, accuracy = quality.load_classifier(data_dir, cache)
+    assert accuracy >= 0.90  # the feature extractor is a real FashionMNIST classifier
+    return cache
+
+
+def test_extraction_never_writes_into_the_source(data_dir, cache_dir):
+    from pathlib import Path
+
+    assert sorted(p.name for p in (Path(data_dir) / "FashionMNIST" / "raw").iterdir()) == sorted(
+        f"{name}.gz" for name in data.FILES)
+    images, labels = data.load(data_dir, cache_dir, train=False)
+    assert images.shape == (10000, 1, 28, 28) and labels.shape == (10000,)
+    assert images.min() == -1 and images.max() == 1
+
+
+def test_fid_separates_real_from_noise(data_dir, cache_dir):
+    scorer = quality.Scorer(data_dir, cache_dir, 1000)
+    real, _ = data.load(data_dir, cache_dir, train=True, limit=1000)
+    noise = torch.rand(1000, 1, 28, 28) * 2 - 1
+    real_score, noise_score = scorer.score(real), scorer.score(noise)
+    assert real_score["fid"] * 20 < noise_score["fid"]
+    assert real_score["class_coverage"] == 1.0 and noise_score["class_coverage"] <= 0.2
+
+
+@pytest.fixture(scope="module")
+def ddp_run(ray_session, data_dir, cache_dir, tmp_path_factory):
+    """2 Train workers (DDP, gloo) x 2 epochs on 640 real images; the run fails after epoch 1."""
+    results = tmp_path_factory.mktemp("results")
+    code = main(["run", "gan", "--results", str(results), "--data-dir", data_dir,
+                 "--set", f"cache_dir={cache_dir}", "--set", "train_images=640", "--set", "epochs=2",
+                 "--set", "sample_epochs=1", "--set", "fid_images=500", "--set", "num_workers=2",
+                 "--set", "fail_at_epoch=1", "--no-dashboard"])
+    assert code == 0
+    return results
+
+
+def test_ddp_run_resumes_after_failure_and_records_each_epoch_once(ddp_run):
+    trials = pd.read_parquet(ddp_run / "gan" / "trials.parquet")
+    steps = pd.read_parquet(ddp_run / "gan" / "steps.parquet")
+    assert len(trials) == 1
+    row = trials.iloc[0]
+    assert row["status"] == "TERMINATED" and row["world_size"] == 2
+    assert row["resumed_from_epoch"] == 1  # the restarted workers continued from epoch 1's checkpoint
+    assert sorted(steps["epoch"]) == [1, 2]
+    for column in ("loss_d", "loss_g", "d_x", "d_g_z", "images_per_s", "wall_time_s"):
+        assert np.isfinite(steps[column]).all(), column
+    assert steps["fid"].notna().all()  # epoch 1 (sample epoch) and 2 (the last)
+    assert 0 < row["d_x"] < 1 and row["classifier_accuracy"] >= 0.9
+
+
+def test_ddp_run_writes_samples_tensorboard_and_weights(ddp_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (artifacts,) = (ddp_run / "gan" / "artifacts").iterdir()
+    assert sorted(p.name for p in (artifacts / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    assert (artifacts / "generator.pt").exists() and (artifacts / "discriminator.pt").exists()
+    events = EventAccumulator(str(artifacts / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("Loss/Generator")]
+    assert "Loss/Discriminator" in events.Tags()["scalars"]
+    assert steps == sorted(set(steps)) and len(steps) == 2 * 640 // 64  # per step, once, across the resume
+
+
+def test_trained_generator_beats_an_untrained_one(ddp_run, data_dir, cache_dir):
+    from workloads.gan.generate import load_generator
+
+    (artifacts,) = (ddp_run / "gan" / "artifacts").iterdir()
+    scorer = quality.Scorer(data_dir, cache_dir, 1000)
+    untrained, _ = loop.build_models(Config())
+    trained = load_generator(artifacts / "generator.pt")
+    fid_untrained = scorer.score(loop.sample(untrained, 1000, 100, 1, "cpu"))["fid"]
+    fid_trained = scorer.score(loop.sample(trained, 1000, 100, 1, "cpu"))["fid"]
+    assert fid_trained < 0.95 * fid_untrained
+
+
+def test_generate_writes_a_valid_png(ddp_run, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "gan", "--results", str(ddp_run), "--n", "16", "--out", str(out)]) == 0
+    blob = out.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", blob[16:24])
+    assert (width, height) == (4 * 30 + 2, 4 * 30 + 2)  # 4x4 tiles of 28 px with 2 px padding
+    assert zlib.crc32(blob[12:29]) == struct.unpack(">I", blob[29:33])[0]  # IHDR checksum

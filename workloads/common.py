@@ -1,0 +1,32 @@
+"""Helpers shared by the torch workloads: data/cache directories, seeding, image grids."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV = "ORCHESTRATOR_DATA_DIR"  # the folder holding FashionMNIST/ and flickr8k_subset/
+CACHE_ENV = "ORCHESTRATOR_CACHE_DIR"  # where extracted data and cached models go
+
+
+def data_root(configured: str) -> Path | None:
+    """The data folder: the config's `data_dir`, else $ORCHESTRATOR_DATA_DIR, else None (download)."""
+    chosen = configured or os.environ.get(DATA_ENV, "")
+    return Path(chosen).expanduser().resolve() if chosen else None
+
+
+def cache_root(configured: str = "") -> Path:
+    chosen = configured or os.environ.get(CACHE_ENV, "") or "~/.cache/orchestrator"
+    path = Path(chosen).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_grid(images, path: Path, nrow: int = 8, captions: list[str] | None = None) -> None:
+    """Images (N, C, H, W) in [-1, 1] -> one PNG grid, written atomically."""
+    import torchvision.utils as vutils
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    vutils.save_image(images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The study's DCGAN on FashionMNIST: config, models, data, loop and a domain-feature quality score."""
