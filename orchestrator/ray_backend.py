@@ -26,7 +26,7 @@ import pandas as pd
 from orchestrator.registry import Workload
 from orchestrator.results import ResultStore, config_columns, report_frame
 from orchestrator.spec import Experiment, Scaling
-from workloads.runtime import FINAL_KEY, load_state, save_state
+from workloads.runtime import TABLE_KEY, load_state, save_state, table_of
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
 DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
@@ -34,7 +34,7 @@ _TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
-    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", FINAL_KEY,
+    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY,
 }
 
 
@@ -101,13 +101,16 @@ class _TuneRuntime:
     def __init__(self, artifact_dir: str) -> None:
         self.artifact_dir = artifact_dir
 
-    def report(self, metrics, final: bool = False, checkpoint=None) -> None:
+    def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         from ray import tune
 
-        tune.report({**metrics, FINAL_KEY: final})
+        tune.report({**metrics, TABLE_KEY: table_of(final, table)})
 
     def restore(self):
         return None
+
+    def barrier(self) -> None:
+        pass
 
     def prepare_model(self, model):
         return model
@@ -129,16 +132,22 @@ class _TrainRuntime:
         self.device = ray.train.torch.get_device()
         self.artifact_dir = artifact_dir
 
-    def report(self, metrics, final: bool = False, checkpoint=None) -> None:
+    def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         import ray.train
 
-        payload = {**metrics, FINAL_KEY: final}
+        payload = {**metrics, TABLE_KEY: table_of(final, table)}
         if checkpoint is None:
             ray.train.report(payload)
             return
         with tempfile.TemporaryDirectory() as tmp:  # Train copies it into the run's storage
             save_state(checkpoint, tmp)
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
 
     def restore(self):
         import ray.train
@@ -231,7 +240,7 @@ def _collector_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
-            self.on_result(trial.config["trial"], metrics, bool(result.get(FINAL_KEY)), result)
+            self.on_result(trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.on_end(trial.config["trial"], trial.trial_id, "TERMINATED", None)
@@ -245,9 +254,12 @@ def _collector_class():
 
 @dataclass
 class _TrialRows:
-    steps: list[pd.DataFrame] = dataclasses.field(default_factory=list)
-    finals: list[pd.DataFrame] = dataclasses.field(default_factory=list)
+    tables: dict[str, list[pd.DataFrame]] = dataclasses.field(default_factory=dict)  # table -> reports
     wall_time_s: float = float("nan")
+
+    def frame(self, table: str) -> pd.DataFrame | None:
+        frames = [f for f in self.tables.get(table, []) if len(f.columns)]
+        return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def run_experiment(
@@ -269,9 +281,8 @@ def run_experiment(
     rows = {i: _TrialRows() for i in range(len(configs))}
     written: list[pd.DataFrame] = []
 
-    def on_result(index: int, metrics: dict, final: bool, result: dict) -> None:
-        frame = report_frame(metrics)
-        (rows[index].finals if final else rows[index].steps).append(frame)
+    def on_result(index: int, metrics: dict, table: str, result: dict) -> None:
+        rows[index].tables.setdefault(table, []).append(report_frame(metrics))
         rows[index].wall_time_s = float(result.get("time_total_s", float("nan")))
 
     def on_end(index: int, trial_id: str, status: str, error: str | None) -> None:
@@ -279,12 +290,15 @@ def run_experiment(
         ids = {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index]}
         cfg = config_columns(dataclasses.asdict(configs[index]), workload.row_exclude)
         name = f"{run_id}-{keys[index]}"
-        if got.steps:
-            steps = pd.concat(got.steps, ignore_index=True)
-            if workload.step_key and workload.step_key in steps:  # a retried epoch counts once: the last
-                steps = steps.drop_duplicates(subset=workload.step_key, keep="last")
-            store.write(exp.study, "steps", name, steps.assign(**ids))
-        trials = pd.concat(got.finals, ignore_index=True) if got.finals else pd.DataFrame([{}])
+        for table in sorted(set(got.tables) - {"trials"}):  # steps and any extra tables, before the trial row
+            frame = got.frame(table)
+            if frame is None:
+                continue
+            if table == "steps" and workload.step_key in frame:  # a retried epoch counts once: the last
+                frame = frame.drop_duplicates(subset=workload.step_key, keep="last")
+            store.write(exp.study, table, name, frame.assign(**ids))
+        trials = got.frame("trials")
+        trials = pd.DataFrame([{}]) if trials is None else trials
         for column, value in cfg.items():
             if column not in trials.columns:
                 trials[column] = value

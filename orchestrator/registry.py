@@ -39,4 +39,8 @@ WORKLOADS: dict[str, Workload] = {
         "workloads.gan.loop", metric="fid", mode="min", distributed=True, step_key="epoch",
         preflight="workloads.gan.loop:preflight",
     ),
+    "clip": Workload(
+        "workloads.clip.loop", metric="t2i_r10", mode="max", distributed=True, step_key="epoch",
+        row_exclude=("prompts",), preflight="workloads.clip.loop:preflight",
+    ),
 }

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instead of timing out
 
 import pytest  # noqa: E402
 

@@ -6,9 +6,9 @@ gets `LocalRuntime`; under Ray the orchestrator passes a runtime built on Ray Tu
 the same methods. Loops never import Ray.
 
 Report protocol: `metrics` is a flat dict whose values are scalars or equal-length 1-D arrays (a
-batch of rows, from vectorised loops). `final=False` reports become rows of the steps table;
-`final=True` reports become rows of the trials table. Every rank calls `report` (under DDP it is a
-collective); only rank 0's metrics and checkpoint are kept.
+batch of rows, from vectorised loops). Plain reports become rows of the steps table, `final=True`
+reports rows of the trials table, `table="name"` rows of another table of the study. Every rank
+calls `report` (under DDP it is a collective); only rank 0's metrics and checkpoint are kept.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-FINAL_KEY = "_final"  # carried inside the metrics dict, so it survives Ray's report plumbing
+TABLE_KEY = "_table"  # carried inside the metrics dict, so it survives Ray's report plumbing
 STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
 
 
@@ -39,6 +39,10 @@ def load_state(directory: str | os.PathLike) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
+def table_of(final: bool, table: str | None) -> str:
+    return table or ("trials" if final else "steps")
+
+
 def unwrap(model):
     """The module inside a DDP wrapper (state dicts without the `module.` prefix)."""
     return getattr(model, "module", model)
@@ -55,6 +59,19 @@ def reduce_mean(tensor):
     return tensor
 
 
+def maybe_fail(fail_at_epoch: int, epoch: int, runtime) -> None:
+    """Test hook: rank 0 raises once, in the middle of epoch `fail_at_epoch` (a marker file in the
+    artifact dir makes it once), as a crashed worker would; the run must resume from the last checkpoint."""
+    if epoch != fail_at_epoch or not runtime.is_rank_zero:
+        return
+    marker = Path(runtime.artifact_dir) / ".injected_failure"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected failure in epoch {epoch} (fail_at_epoch)")
+
+
 class LocalRuntime:
     """Single process, no Ray: keeps every report in memory; checkpoints go to `checkpoint_dir`."""
 
@@ -66,17 +83,28 @@ class LocalRuntime:
         self.device = device
         self.artifact_dir = artifact_dir or tempfile.mkdtemp(prefix="orchestrator-")
         self.checkpoint_dir = checkpoint_dir
-        self.steps: list[dict] = []
-        self.finals: list[dict] = []
+        self.tables: dict[str, list[dict]] = {"steps": [], "trials": []}
 
-    def report(self, metrics: Mapping[str, Any], final: bool = False, checkpoint: Mapping | None = None) -> None:
-        (self.finals if final else self.steps).append(dict(metrics))
+    @property
+    def steps(self) -> list[dict]:
+        return self.tables["steps"]
+
+    @property
+    def finals(self) -> list[dict]:
+        return self.tables["trials"]
+
+    def report(self, metrics: Mapping[str, Any], final: bool = False, checkpoint: Mapping | None = None,
+               table: str | None = None) -> None:
+        self.tables.setdefault(table_of(final, table), []).append(dict(metrics))
         if checkpoint is not None and self.checkpoint_dir:
             Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             save_state(checkpoint, self.checkpoint_dir)
 
     def restore(self) -> dict | None:
         return load_state(self.checkpoint_dir) if self.checkpoint_dir else None
+
+    def barrier(self) -> None:
+        pass
 
     def prepare_model(self, model):
         return model.to(self.device)

@@ -21,7 +21,7 @@ class Config:
     fid_images: int = 2000  # generated and test images compared by the FID
     data_dir: str = ""  # folder holding FashionMNIST/ ("" -> $ORCHESTRATOR_DATA_DIR, else download)
     cache_dir: str = ""  # extracted data and the cached FID classifier ("" -> ~/.cache/orchestrator)
-    fail_at_epoch: int = 0  # test hook: raise once after this epoch's checkpoint (0: never)
+    fail_at_epoch: int = 0  # test hook: rank 0 crashes once in the middle of this epoch (0: never)
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "batch_size", "epochs", "fid_images"):

@@ -18,7 +18,7 @@ from workloads.common import save_grid
 from workloads.gan import data, quality
 from workloads.gan.config import Config
 from workloads.gan.models import Discriminator, Generator, init_weights
-from workloads.runtime import reduce_mean, unwrap
+from workloads.runtime import maybe_fail, reduce_mean, unwrap
 
 FIXED_NOISE = 64  # the 8x8 sample grid
 
@@ -109,6 +109,7 @@ def train_loop(config: Config, runtime) -> None:
             opt_g.step()
 
             step += 1
+            maybe_fail(config.fail_at_epoch, epoch, runtime)
             with torch.no_grad():
                 sums += torch.stack([loss_d.detach() * b, loss_g.detach() * b, torch.sigmoid(logits[:b]).sum(),
                                      torch.sigmoid(logits[b:]).sum(), torch.tensor(float(b), device=device)])
@@ -139,8 +140,6 @@ def train_loop(config: Config, runtime) -> None:
             }
         runtime.report(metrics, checkpoint=checkpoint)
         last = metrics
-        if epoch == config.fail_at_epoch and state is None:
-            raise RuntimeError(f"injected failure after epoch {epoch} (fail_at_epoch)")
 
     if runtime.is_rank_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,197 @@
+"""The CLIP study: loss and metric definitions, tokenizers of two families through one code path,
+the data split, a real 2-worker DDP trial with an injected failure, and the offline pretrained pair."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator.cli import main
+from workloads.clip import data, encoders, loop
+from workloads.clip.config import Config
+from workloads.clip.metrics import retrieval_metrics
+from workloads.clip.model import CLIP, ProjectionHead, clip_loss, pool_text
+
+
+def test_aligned_embeddings_give_a_lower_loss_than_shuffled():
+    torch.manual_seed(0)
+    image = F.normalize(torch.randn(32, 16), dim=-1)
+    text = F.normalize(image + 0.1 * torch.randn(32, 16), dim=-1)
+    scale = torch.tensor(1 / 0.07)
+    aligned, shuffled = clip_loss(image, text, scale), clip_loss(image, text[torch.randperm(32)], scale)
+    assert aligned < 0.1 * shuffled
+    # symmetric: swapping the roles of images and texts gives the same loss
+    assert torch.isclose(clip_loss(text, image, scale), aligned)
+
+
+def test_temperature_is_learnable_and_capped():
+    model = CLIP(None, None, 8, 8, 4, 0.0, 1 / 0.07, 100.0, "cls")
+    assert float(model.scale().detach()) == pytest.approx(1 / 0.07, rel=1e-6)
+    assert model.logit_scale.requires_grad
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # e^10 >> 100
+    assert float(model.scale().detach()) == pytest.approx(100.0)
+
+
+def test_projection_head_and_pooling():
+    head = ProjectionHead(12, 256, 0.1)
+    assert head(torch.randn(3, 12)).shape == (3, 256)
+    hidden = torch.arange(2 * 3 * 1, dtype=torch.float).view(2, 3, 1)  # (B=2, L=3, H=1)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pool_text(hidden, mask, "cls").flatten().tolist() == [0.0, 3.0]
+    assert pool_text(hidden, mask, "mean").flatten().tolist() == [0.5, 4.0]  # padding ignored
+
+
+def test_retrieval_metrics_on_hand_made_similarities():
+    # 3 images, 2 captions each; rows: captions, columns: images
+    image_of = np.array([0, 0, 1, 1, 2, 2])
+    sim = np.array([
+        [0.9, 0.1, 0.0],  # caption of image 0, ranks it 1st
+        [0.2, 0.5, 0.1],  # caption of image 0, ranks it 2nd
+        [0.1, 0.3, 0.8],  # caption of image 1, ranks it 2nd
+        [0.0, 0.2, 0.9],  # caption of image 1, 2nd
+        [0.0, 0.1, 0.7],  # caption of image 2, 1st
+        [0.5, 0.4, 0.1],  # caption of image 2, 3rd
+    ])
+    m = retrieval_metrics(sim, image_of, ks=(1, 2))
+    assert m["t2i_r1"] == pytest.approx(2 / 6) and m["t2i_r2"] == pytest.approx(5 / 6)
+    assert m["t2i_median_rank"] == 2.0 and m["t2i_mean_rank"] == pytest.approx(11 / 6)
+    # image -> text: image 0's best caption (0.9) ranks 1st among its column; image 1's best own
+    # caption (0.3) is beaten by 0.5 and 0.4... column 1 scores: [.1,.5,.3,.2,.1,.4] -> 3rd;
+    # image 2's best own caption (0.7) is beaten by 0.8 and 0.9 -> 3rd
+    assert m["i2t_r1"] == pytest.approx(1 / 3) and m["i2t_r2"] == pytest.approx(1 / 3)
+    assert m["i2t_median_rank"] == 3.0 and m["i2t_mean_rank"] == pytest.approx(7 / 3)
+    perfect = retrieval_metrics(np.eye(4), np.arange(4))
+    assert perfect["t2i_r1"] == 1.0 and perfect["i2t_r1"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def roberta_tokenizer(tmp_path_factory):
+    """A RoBERTa-family tokenizer (byte-level BPE, <s> </s>) trained here: roberta-base's files need the hub."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    corpus = ["A dog runs in the park .", "Two men skateboarding in the city", "food on a table"] * 50
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    out = tmp_path_factory.mktemp("roberta_tok")
+    RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                         unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>").save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("family", ["distilbert-base-uncased", "bert-base-uncased", "roberta-base"])
+def test_tokenizers_and_text_models_of_each_family_share_one_code_path(family, roberta_tokenizer):
+    tokenizer = encoders.build_tokenizer(family, roberta_tokenizer if family == "roberta-base" else "")
+    text = encoders.build_text_encoder(family, pretrained=False, layers=2, width=64)
+    model = CLIP(None, text, 8, text.config.hidden_size, 16, 0.0, 1 / 0.07, 100.0, "mean")
+    batch = loop.tokenize(tokenizer, ["A dog runs in the park .", "food"], 40, "cpu")
+    ids = batch["input_ids"]
+    if family == "roberta-base":
+        assert ids[0, 0] == tokenizer.bos_token_id == 0 and tokenizer.pad_token_id == 1
+    else:
+        assert tokenizer.convert_ids_to_tokens(ids[0, :3].tolist()) == ["[CLS]", "a", "dog"]
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()  # padded
+    feats = model.text_features(**batch)
+    assert feats.shape == (2, 64) and text.config.num_hidden_layers == 2
+    assert torch.isfinite(model.embed_texts(feats)).all()
+
+
+@pytest.fixture(scope="module")
+def kaggle_layout(data_dir, tmp_path_factory):
+    """A few real images in the Kaggle layout (Images/ + captions.txt, no split file)."""
+    source = f"{data_dir}/flickr8k_subset"
+    captions = pd.read_csv(f"{source}/captions.csv")
+    names = list(dict.fromkeys(captions["image"]))[:20]
+    root = tmp_path_factory.mktemp("data") / "flickr8k"
+    (root / "Images").mkdir(parents=True)
+    for name in names:
+        shutil.copy(f"{source}/images/{name}", root / "Images" / name)
+    captions[captions["image"].isin(names)].to_csv(root / "captions.txt", index=False)
+    return root
+
+
+def test_split_is_80_20_by_image_when_no_split_file(kaggle_layout):
+    cfg = Config(data_dir=str(kaggle_layout.parent), dataset="flickr8k", images_subdir="Images",
+                 captions_file="captions.txt", splits_file="")
+    train, test = data.load_splits(cfg)
+    assert (len(train.images), len(test.images)) == (16, 4)
+    assert not set(train.images) & set(test.images)
+    assert len(train.captions) == 5 * 16 and len(test.captions) == 5 * 4  # every caption follows its image
+    again, _ = data.load_splits(cfg)
+    assert again.images == train.images  # reproducible (seed)
+
+
+def test_missing_image_fails_with_its_name(kaggle_layout, tmp_path):
+    broken = tmp_path / "flickr8k"
+    shutil.copytree(kaggle_layout, broken)
+    victim = sorted((broken / "Images").iterdir())[0]
+    victim.unlink()
+    with pytest.raises(data.DataError, match=victim.name):
+        data.load_image(victim, data.image_transform(32, (0.5,) * 3, (0.5,) * 3))
+
+
+def test_offline_weights_must_match_their_model(capsys, tmp_path):
+    assert main(["run", "clip", "--set", "image_model=resnet18", "--results", str(tmp_path)]) == 2
+    assert "image_weights=pkg:efficientnet-lite0 are for image_model=efficientnet_lite0" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
+    assert main(["run", "clip", "--data-dir", str(tmp_path), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "Flickr8k not found" in err and err.count("\n") == 1
+
+
+TINY = ["--set", "image_model=resnet18", "--set", "image_weights=", "--set", "pretrained=false", "--set", "text_model=bert-base-uncased",
+        "--set", "text_layers=2", "--set", "text_width=64", "--set", "image_size=64", "--set", "train_images=32",
+        "--set", "test_images=16", "--set", "epochs=2", "--set", "batch_size=16",
+        "--set", "train_image_encoder=true", "--set", "train_text_encoder=true",
+        "--set", "image_mean=0.5,0.5,0.5", "--set", "image_std=0.5,0.5,0.5", "--set", "text_pooling=cls"]
+
+
+@pytest.fixture(scope="module")
+def ddp_clip(ray_session, data_dir, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    cache = tmp_path_factory.mktemp("cache")
+    code = main(["run", "clip", "--results", str(results), "--data-dir", data_dir, *TINY, "--set", f"cache_dir={cache}",
+                 "--set", "num_workers=2", "--set", "cpus_per_worker=1", "--set", "fail_at_epoch=2", "--no-dashboard"])
+    assert code == 0
+    return results
+
+
+def test_ddp_clip_trial_resumes_and_writes_every_table(ddp_clip):
+    trials = pd.read_parquet(ddp_clip / "clip" / "trials.parquet")
+    steps = pd.read_parquet(ddp_clip / "clip" / "steps.parquet")
+    prompts = pd.read_parquet(ddp_clip / "clip" / "prompts.parquet")
+    (row,) = trials.to_dict("records")
+    assert row["status"] == "TERMINATED" and row["world_size"] == 2 and row["resumed_from_epoch"] == 1
+    assert row["pair"] == "resnet18+bert-base-uncased" and row["test_images"] == 16
+    assert row["image_params"] > 1e7 and 0 < row["text_params"] < 1e7 and row["head_params"] > 0
+    assert sorted(steps["epoch"]) == [1, 2]
+    for column in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r10", "t2i_median_rank", "t2i_mean_rank", "loss"):
+        assert steps[column].between(0, 1e6).all(), column
+    assert (steps["t2i_r10"] >= steps["t2i_r5"]).all() and (steps["t2i_r5"] >= steps["t2i_r1"]).all()
+    assert len(prompts) == 5 * 9 and sorted(prompts["rank"].unique()) == list(range(1, 10))
+    assert prompts.groupby("prompt")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+    grids = sorted((ddp_clip / "clip" / "artifacts").glob("*/prompts/*.png"))
+    assert len(grids) == 5 and all(g.stat().st_size > 5000 for g in grids)
+
+
+def test_offline_pretrained_pair_retrieves_well_above_chance(data_dir, tmp_path):
+    """The local default's main trial (frozen EfficientNet-Lite0 + MiniLM, heads trained) on the 500 test images."""
+    from orchestrator.experiments import EXPERIMENTS
+    from workloads.runtime import LocalRuntime
+
+    cfg = EXPERIMENTS["clip"]["local"].config
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, data_dir=data_dir, cache_dir=str(tmp_path / "cache"))
+    runtime = LocalRuntime(artifact_dir=str(tmp_path / "artifacts"))
+    loop.train_loop(cfg, runtime)
+    (final,) = runtime.finals
+    assert final["test_images"] == 500
+    assert final["t2i_r10"] >= 0.50  # chance: 10 / 500 = 0.02
+    assert final["t2i_r1"] > 10 * (1 / 500)

@@ -1,0 +1,126 @@
+"""Flickr8k in its common layout: an image folder, a captions CSV (image, caption), a split file.
+
+The split is the given split file, else 80/20 by image with the config's seed (never by caption:
+all five captions of an image stay on one side). A missing or unreadable image fails with its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workloads.common import DATA_ENV, data_root
+
+
+class DataError(FileNotFoundError):
+    """Data is missing or unreadable: the message names the file and how to provide it."""
+
+
+@dataclass
+class Split:
+    images: list[str]  # image file names
+    captions: list[str]  # every caption of these images
+    image_of: np.ndarray  # (n_captions,) index into `images` of each caption
+    root: Path  # the image folder
+
+    def captions_of(self) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in self.images]
+        for caption, image in enumerate(self.image_of):
+            out[image].append(caption)
+        return out
+
+
+def dataset_root(data_dir: str, dataset: str) -> Path:
+    root = data_root(data_dir)
+    if root is None:
+        raise DataError(f"no data folder: set --data-dir or {DATA_ENV} to the folder holding {dataset}/ "
+                        "(Flickr8k: an image folder and a captions CSV)")
+    return root / dataset
+
+
+def load_splits(cfg) -> tuple[Split, Split]:
+    """(train, test) of the configured dataset, limited to cfg.train_images / cfg.test_images."""
+    root = dataset_root(cfg.data_dir, cfg.dataset)
+    captions_path, images_dir = root / cfg.captions_file, root / cfg.images_subdir
+    for needed in (captions_path, images_dir):
+        if not needed.exists():
+            raise DataError(f"Flickr8k not found: {needed} is missing; point --data-dir or {DATA_ENV} at the folder "
+                            f"holding {cfg.dataset}/{cfg.images_subdir}/ and {cfg.dataset}/{cfg.captions_file}")
+    try:
+        table = pd.read_csv(captions_path)[["image", "caption"]].dropna()
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{captions_path} is not a CSV with columns image, caption: {exc}") from None
+    table["caption"] = table["caption"].str.strip()
+    images = list(dict.fromkeys(table["image"]))  # first-seen order
+    splits_path = root / cfg.splits_file if cfg.splits_file else None
+    if splits_path is not None and splits_path.is_file():
+        side = pd.read_csv(splits_path).set_index("image")["split"].to_dict()
+    else:  # 80/20 by image, reproducible
+        order = np.random.default_rng(cfg.seed).permutation(len(images))
+        cut = int(round(0.8 * len(images)))
+        side = {images[i]: ("train" if rank < cut else "test") for rank, i in enumerate(order)}
+    out = []
+    for name, limit in (("train", cfg.train_images), ("test", cfg.test_images)):
+        chosen = [im for im in images if side.get(im) == name]
+        if limit:
+            chosen = chosen[:limit]
+        if not chosen:
+            raise DataError(f"no {name} images in {root} (split file: {cfg.splits_file or 'none, 80/20 by image'})")
+        index = {im: i for i, im in enumerate(chosen)}
+        rows = table[table["image"].isin(index)]
+        out.append(Split(chosen, rows["caption"].tolist(), rows["image"].map(index).to_numpy(), images_dir))
+    return out[0], out[1]
+
+
+def image_transform(size: int, mean: tuple, std: tuple):
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(size),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+def load_image(path: Path, transform):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {path.name} in {path.parent}: {exc}") from None
+
+
+class Images:
+    """A torch-style dataset over image files -> (3, size, size) tensors."""
+
+    def __init__(self, root: Path, names: list[str], transform) -> None:
+        self.root, self.names, self.transform = root, names, transform
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int):
+        return load_image(self.root / self.names[i], self.transform)
+
+
+class Pairs:
+    """Training pairs: item i is image i with one of its captions, a different one each epoch."""
+
+    def __init__(self, split: Split, images, seed: int) -> None:
+        self.split, self.images, self.seed = split, images, seed  # images: tensors or an Images dataset
+        self.captions_of = split.captions_of()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, i: int):
+        options = self.captions_of[i]
+        pick = options[np.random.default_rng((self.seed, self.epoch, i)).integers(len(options))]
+        return self.images[i], pick  # pick: a caption index into split.captions

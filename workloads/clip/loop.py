@@ -1,0 +1,251 @@
+"""CLIP training loop: per epoch, train on one random caption per training image, then evaluate
+text<->image retrieval on the test split. With both encoders frozen, features are computed once,
+cached on disk, and only the heads (and temperature) train.
+
+Knows nothing of Ray: `runtime` prepares the model (DDP under Ray Train), reports per-epoch metrics
+with a checkpoint and restores the last checkpoint after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from workloads.clip import data, encoders
+from workloads.clip.config import Config
+from workloads.clip.metrics import retrieval_metrics
+from workloads.clip.model import CLIP, clip_loss
+from workloads.common import cache_root
+from workloads.runtime import maybe_fail, unwrap
+
+
+def build(config: Config) -> tuple[CLIP, object, tuple, tuple]:
+    """(model, tokenizer, mean, std). Frozen encoders are kept but their weights never train."""
+    torch.manual_seed(config.seed)
+    image = encoders.build_image_encoder(config.image_model, config.pretrained, config.image_weights)
+    text = encoders.build_text_encoder(config.text_model, config.pretrained, config.text_layers, config.text_width)
+    tokenizer = encoders.build_tokenizer(config.text_model, config.tokenizer)
+    mean, std = encoders.image_normalisation(image, config.image_mean, config.image_std)
+    model = CLIP(image, text, image.num_features, text.config.hidden_size, config.projection_dim, config.dropout,
+                 config.temperature_init, config.temperature_max, config.text_pooling)
+    image.requires_grad_(config.train_image_encoder)
+    text.requires_grad_(config.train_text_encoder)
+    return model, tokenizer, mean, std
+
+
+def optimizer(model: CLIP, config: Config) -> torch.optim.AdamW:
+    """AdamW with one learning rate per part: heads (+ temperature), image encoder, text encoder."""
+    heads = [*model.image_head.parameters(), *model.text_head.parameters(), model.logit_scale]
+    groups = [{"params": heads, "lr": config.head_lr}]
+    if config.train_image_encoder:
+        groups.append({"params": list(model.image_encoder.parameters()), "lr": config.image_lr})
+    if config.train_text_encoder:
+        groups.append({"params": list(model.text_encoder.parameters()), "lr": config.text_lr})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict:
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+@torch.no_grad()
+def encode_images(model: CLIP, images, device, batch: int = 64) -> torch.Tensor:
+    loader = DataLoader(images, batch_size=batch)
+    return torch.cat([model.image_features(x.to(device)).float().cpu() for x in loader])
+
+
+@torch.no_grad()
+def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, device, batch: int = 256) -> torch.Tensor:
+    return torch.cat([model.text_features(**tokenize(tokenizer, texts[i:i + batch], max_length, device)).float().cpu()
+                      for i in range(0, len(texts), batch)])
+
+
+def feature_cache(config: Config, model: CLIP, tokenizer, train, test, transform, device, runtime) -> dict:
+    """Frozen encoders: features of every image and caption, computed once (rank 0) and cached."""
+    keys = ("image_model", "image_weights", "pretrained", "image_size", "image_mean", "image_std", "text_model",
+            "tokenizer", "text_pooling", "text_layers", "text_width", "max_length", "seed")
+    ident = {k: getattr(config, k) for k in keys} | {
+        "root": str(train.root), "train": train.images, "test": test.images, "version": 1}
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_root(config.cache_dir) / "clip_features" / f"{digest}.pt"
+    if runtime.is_rank_zero and not path.exists():
+        unwrap(model).eval()
+        feats = {}
+        for name, split in (("train", train), ("test", test)):
+            feats[f"{name}_images"] = encode_images(unwrap(model), data.Images(split.root, split.images, transform), device)
+            feats[f"{name}_texts"] = encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+    runtime.barrier()  # other ranks wait for rank 0's file
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, differentiably (global negatives for the contrastive loss)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(t))
+    return t
+
+
+def evaluate(model: CLIP, tokenizer, config: Config, test, transform, device, feats: dict | None) -> tuple[dict, tuple]:
+    """Retrieval metrics on the test split; also returns (image_emb, scale) for the prompts."""
+    model = unwrap(model)
+    model.eval()
+    with torch.no_grad():
+        image_f = feats["test_images"] if feats else encode_images(model, data.Images(test.root, test.images, transform), device)
+        text_f = feats["test_texts"] if feats else encode_texts(model, tokenizer, test.captions, config.max_length, device)
+        image_emb = model.embed_images(image_f.to(device)).float().cpu()
+        text_emb = model.embed_texts(text_f.to(device)).float().cpu()
+    metrics = retrieval_metrics((text_emb @ image_emb.T).numpy(), test.image_of)
+    return metrics, (image_emb, float(model.scale()))
+
+
+def train_loop(config: Config, runtime) -> None:
+    device = runtime.device
+    train, test = data.load_splits(config)
+    model, tokenizer, mean, std = build(config)
+    transform = data.image_transform(config.image_size, mean, std)
+    counts = {
+        "image_params": sum(p.numel() for p in model.image_encoder.parameters()),
+        "text_params": sum(p.numel() for p in model.text_encoder.parameters()),
+        "head_params": sum(p.numel() for p in [*model.image_head.parameters(), *model.text_head.parameters()]) + 1,
+    }
+    model.to(device)
+    feats = feature_cache(config, model, tokenizer, train, test, transform, device, runtime) if config.frozen else None
+    prompt_features = None
+    if feats is not None:  # only heads train: the encoders leave the model (and DDP)
+        prompt_features = encode_texts(model, tokenizer, list(config.prompts), config.max_length, device)
+        model.image_encoder = model.text_encoder = None
+        pairs = data.Pairs(train, feats["train_images"], config.seed)
+    else:
+        pairs = data.Pairs(train, data.Images(train.root, train.images, transform), config.seed)
+    per_rank = max(1, config.batch_size // runtime.world_size)
+    loader = runtime.prepare_loader(DataLoader(pairs, batch_size=per_rank, shuffle=True, drop_last=len(pairs) > per_rank,
+                                               generator=torch.Generator().manual_seed(config.seed)))
+    opt = optimizer(model, config)
+    model = runtime.prepare_model(model)
+
+    start_epoch, state = 1, runtime.restore()
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and torch.device(device).type == "cuda"
+                else contextlib.nullcontext())
+    started, last, embeddings = time.perf_counter(), {}, None
+    for epoch in range(start_epoch, config.epochs + 1):
+        pairs.epoch = epoch  # a different caption per image each epoch
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        unwrap(model).train()
+        for module in (unwrap(model).image_encoder, unwrap(model).text_encoder):
+            if module is not None and not any(p.requires_grad for p in module.parameters()):
+                module.eval()  # a frozen encoder keeps its BatchNorm statistics and no dropout
+        epoch_start, total, seen = time.perf_counter(), 0.0, 0
+        for images, caption_ids in loader:
+            texts = [train.captions[i] for i in caption_ids.tolist()]
+            with autocast:
+                if feats is not None:
+                    image_emb, text_emb, scale = model(image_features=images.to(device),
+                                                       text_features=feats["train_texts"][caption_ids.cpu()].to(device))
+                else:
+                    image_emb, text_emb, scale = model(images=images.to(device),
+                                                       **tokenize(tokenizer, texts, config.max_length, device))
+                loss = clip_loss(_gather(image_emb.float()), _gather(text_emb.float()), scale.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(images)
+            seen += len(images)
+            maybe_fail(config.fail_at_epoch, epoch, runtime)
+        seconds = time.perf_counter() - epoch_start
+        metrics = {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * runtime.world_size / seconds,
+                   "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started}
+        checkpoint = None
+        if runtime.is_rank_zero:
+            retrieval, embeddings = evaluate(model, tokenizer, config, test, transform, device, feats)
+            metrics.update(retrieval, temperature=embeddings[1])
+            frozen = tuple(prefix for prefix, trains in (("image_encoder.", config.train_image_encoder),
+                                                         ("text_encoder.", config.train_text_encoder)) if not trains)
+            trainable = {k: v for k, v in unwrap(model).state_dict().items() if not k.startswith(frozen)}
+            checkpoint = {"model": trainable, "optimizer": opt.state_dict(), "epoch": epoch}
+        runtime.report(metrics, checkpoint=checkpoint)
+        last = metrics
+
+    final: dict = {}
+    if runtime.is_rank_zero:
+        if embeddings is None:  # resumed after the last epoch: evaluate once more
+            retrieval, embeddings = evaluate(model, tokenizer, config, test, transform, device, feats)
+            last = {**last, **retrieval}
+        final = {k: v for k, v in last.items() if k not in ("epoch_time_s", "wall_time_s")}
+        final.update(counts, pair=config.pair, train_time_s=time.perf_counter() - started, world_size=runtime.world_size,
+                     resumed_from_epoch=state["epoch"] if state else 0, test_images=len(test.images),
+                     train_images=len(train.images))
+        rows = write_prompts(model, tokenizer, config, test, embeddings[0], prompt_features, device,
+                             Path(runtime.artifact_dir))
+        runtime.report(rows, table="prompts")
+    else:
+        runtime.report({}, table="prompts")
+    runtime.report(final, final=True)
+
+
+def write_prompts(model, tokenizer, config: Config, test, image_emb: torch.Tensor, prompt_features, device,
+                  out_dir: Path) -> dict:
+    """Top 9 test images per prompt: one captioned 3x3 grid PNG each, and the rows of the prompts table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    model = unwrap(model)
+    model.eval()
+    if prompt_features is None:
+        prompt_features = encode_texts(model, tokenizer, list(config.prompts), config.max_length, device)
+    with torch.no_grad():
+        prompt_emb = model.embed_texts(prompt_features.to(device)).float().cpu()
+    scores = prompt_emb @ image_emb.T  # (P, I) cosine similarities
+    rows: dict[str, list] = {"pair": [], "prompt": [], "rank": [], "image": [], "score": [], "grid": []}
+    for p, prompt in enumerate(config.prompts):
+        top = torch.topk(scores[p], k=min(9, scores.shape[1]))
+        grid = out_dir / "prompts" / f"{re.sub(r'[^a-z0-9]+', '_', prompt.lower()).strip('_')}.png"
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(3, 3, figsize=(7.5, 8))
+        for ax in axes.flat:
+            ax.axis("off")
+        for rank, (score, index) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
+            name = test.images[index]
+            with Image.open(test.root / name) as im:
+                axes.flat[rank - 1].imshow(im.convert("RGB"))
+            axes.flat[rank - 1].set_title(f"#{rank}  {score:.3f}", fontsize=9)
+            for key, value in zip(rows, (config.pair, prompt, rank, name, score, str(grid))):
+                rows[key].append(value)
+        fig.suptitle(f'"{prompt}"\n{config.pair}', fontsize=11)
+        fig.tight_layout()
+        tmp = grid.with_name(f".{grid.stem}.tmp.png")
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, grid)
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def preflight(config: Config) -> None:
+    """Before Ray starts: the data is readable and the encoders and tokenizer can be built offline."""
+    data.load_splits(config)
+    encoders.build_tokenizer(config.text_model, config.tokenizer)
