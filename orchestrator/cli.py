@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce the minimax / GAN study at scale on Ray: Tune fans out trials, Train runs "
         "DDP, every result lands in Parquet tables under --results.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,generate,validate-cluster}")
 
     run = sub.add_parser("run", help="run a study (or all of them) and write its tables",
                          description="Run a study, or all, on Ray; results go to <results>/<study>/{trials,steps}.parquet.")
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None, metavar="DIR",
                      help="folder holding FashionMNIST/ (and flickr8k_subset/); default: $ORCHESTRATOR_DATA_DIR, "
                      "else download where possible")
+    run.add_argument("--fresh", action="store_true",
+                     help="rerun every trial; default: trials finished in an earlier run (same config) are kept "
+                     "and interrupted ones resume from their last checkpoint")
     run.add_argument("--no-dashboard", action="store_true", help="start local Ray without its dashboard")
 
     sub.add_parser("list", help="list studies, their profiles and settings",
@@ -64,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     generate.add_argument("--out", default=None, metavar="FILE", help="PNG to write (default: <results>/gan/generated.png)")
     generate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
+
+    check = sub.add_parser("validate-cluster", help="check a `ray up` cluster config offline",
+                           description="Validate a cluster config with Ray's own schema and preparation steps "
+                           "(no credentials, no network), and this project's rules (only SSH open).")
+    check.add_argument("file", nargs="?", default="cluster.yaml", help="default: cluster.yaml")
     return parser
 
 
@@ -76,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "validate-cluster":
+            from orchestrator.cluster import validate_cluster
+
+            raw = validate_cluster(args.file)
+            print(f"{args.file}: valid ({len(raw.get('available_node_types', {}))} node types, head {raw['head_node_type']})")
+            return 0
         return _run(args)
     except (SpecError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -129,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"Ray dashboard: {session.dashboard_url}  (token: `ray get-auth-token`)")
         print(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
         for exp in experiments:
-            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id)
+            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, fresh=args.fresh)
             errors = int((trials.get("status") != "TERMINATED").sum()) if len(trials) else 0
             failed += errors
             print(_summary(exp, trials))

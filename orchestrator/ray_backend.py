@@ -240,7 +240,7 @@ def _collector_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
-            self.on_result(trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result)
+            self.on_result(trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result, trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.on_end(trial.config["trial"], trial.trial_id, "TERMINATED", None)
@@ -267,55 +267,74 @@ def run_experiment(
     workload: Workload,
     store: ResultStore,
     run_id: str,
+    fresh: bool = False,
     progress: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Run every trial of `exp`; write its rows as trials end; return the trials table of this run."""
+    """Run every trial of `exp` not finished before (all of them with `fresh`); write rows as they
+    arrive; return the trials rows of this experiment's configs (this run's and skipped ones)."""
     from ray import tune
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our tables replace Tune's logs
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0: no boxes
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    configs = exp.trial_configs()
+    all_configs = exp.trial_configs()
+    done_before = pd.DataFrame() if fresh else finished_trials(store, exp.study, [trial_key(c) for c in all_configs])
+    skip = set(done_before["trial_key"]) if len(done_before) else set()
+    configs = [c for c in all_configs if trial_key(c) not in skip]
+    if skip:
+        progress(f"[{exp.study}] {len(all_configs) - len(configs)}/{len(all_configs)} trials already finished: "
+                 f"kept{'' if configs else ', nothing to run'} (--fresh reruns them)")
+    if not configs:
+        return done_before
     keys = [trial_key(c) for c in configs]
+    # a trial's files, Train run and artifacts are named by its config digest, so that a rerun of an
+    # interrupted run finds them (Train V2 resumes a run from its storage by name); --fresh starts anew
+    bases = [f"{key}-{run_id}" if fresh else key for key in keys]
     rows = {i: _TrialRows() for i in range(len(configs))}
     written: list[pd.DataFrame] = []
 
-    def on_result(index: int, metrics: dict, table: str, result: dict) -> None:
-        rows[index].tables.setdefault(table, []).append(report_frame(metrics))
+    def ids(index: int, trial_id: str) -> dict:
+        return {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index]}
+
+    def on_result(index: int, metrics: dict, table: str, result: dict, trial_id: str) -> None:
+        frame = report_frame(metrics)
         rows[index].wall_time_s = float(result.get("time_total_s", float("nan")))
+        if table == "steps" and workload.step_key in frame and len(frame) == 1:
+            # one file per (trial, step): a step reported again (a retried epoch) replaces its file
+            step = int(frame[workload.step_key].iloc[0])
+            store.write(exp.study, "steps", f"{bases[index]}-{step:06d}", frame.assign(**ids(index, trial_id)))
+            shown = {k: frame[k].iloc[0] for k in (workload.metric, "loss", "loss_d", "loss_g") if k in frame}
+            progress(f"[{exp.study}] {trial_id} {workload.step_key} {step}: "
+                     + "  ".join(f"{k}={v:.4g}" for k, v in shown.items() if v == v))
+            return
+        rows[index].tables.setdefault(table, []).append(frame)
 
     def on_end(index: int, trial_id: str, status: str, error: str | None) -> None:
         got = rows.pop(index, None) or _TrialRows()
-        ids = {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index]}
         cfg = config_columns(dataclasses.asdict(configs[index]), workload.row_exclude)
-        name = f"{run_id}-{keys[index]}"
         for table in sorted(set(got.tables) - {"trials"}):  # steps and any extra tables, before the trial row
             frame = got.frame(table)
-            if frame is None:
-                continue
-            if table == "steps" and workload.step_key in frame:  # a retried epoch counts once: the last
-                frame = frame.drop_duplicates(subset=workload.step_key, keep="last")
-            store.write(exp.study, table, name, frame.assign(**ids))
+            if frame is not None:
+                store.write(exp.study, table, bases[index], frame.assign(**ids(index, trial_id)))
         trials = got.frame("trials")
         trials = pd.DataFrame([{}]) if trials is None else trials
         for column, value in cfg.items():
             if column not in trials.columns:
                 trials[column] = value
-        trials = trials.assign(**ids, status=status, error=error, wall_time_s=got.wall_time_s)
-        store.write(exp.study, "trials", name, trials)
+        trials = trials.assign(**ids(index, trial_id), status=status, error=error, wall_time_s=got.wall_time_s)
+        store.write(exp.study, "trials", bases[index], trials)
         written.append(trials)
         done = len(configs) - len(rows)
         tail = f"  error: {error}" if error else ""
         progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()} ({trial_id}, {len(trials)} rows){tail}")
 
     storage = str((store.root / "_ray").resolve())
-    names = [f"{run_id}-{key}" for key in keys]
-    artifact_dirs = [str((store.root / exp.study / "artifacts" / name).resolve()) for name in names]
+    artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
     if workload.distributed:
         trainable = tune.with_resources(
             tune.with_parameters(_train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
-                                 names=[f"{exp.study}-{n}" for n in names], scaling=exp.scaling, storage=storage),
+                                 names=[f"{exp.study}-{b}" for b in bases], scaling=exp.scaling, storage=storage),
             {"cpu": 0, DRIVER_RESOURCE: 1},  # the driver only waits on its TorchTrainer's workers
         )
         concurrent = _max_concurrent(exp.scaling)
@@ -343,4 +362,14 @@ def run_experiment(
     started = time.perf_counter()
     tuner.fit()
     progress(f"[{exp.study}] {len(configs)} trials in {time.perf_counter() - started:.1f}s")
-    return pd.concat(written, ignore_index=True) if written else pd.DataFrame()
+    return pd.concat([done_before, *written], ignore_index=True) if written or len(done_before) else pd.DataFrame()
+
+
+def finished_trials(store: ResultStore, study: str, keys: list[str]) -> pd.DataFrame:
+    """Rows of trials among `keys` that finished in an earlier run (the latest run of each)."""
+    table = store.read(study, "trials")
+    if table.empty or "trial_key" not in table:
+        return pd.DataFrame()
+    done = table[table["trial_key"].isin(keys) & (table["status"] == "TERMINATED")]
+    latest = done.groupby("trial_key")["run_id"].transform("max")
+    return done[done["run_id"] == latest].reset_index(drop=True)

@@ -53,6 +53,18 @@ def test_runs_accumulate_and_report_writes_plots(finished_run, capsys):
     assert len(plots) == 2 and all(p.stat().st_size > 10_000 for p in plots)
 
 
+def test_rerun_keeps_finished_trials_and_fresh_reruns_them(finished_run, capsys):
+    table = finished_run / "minimax" / "trials.parquet"
+    before = sorted(p.name for p in table.iterdir())
+    capsys.readouterr()
+    assert main(["run", "minimax", "--results", str(finished_run), *TINY]) == 0
+    assert "5/5 trials already finished" in capsys.readouterr().out
+    assert sorted(p.name for p in table.iterdir()) == before  # nothing rerun, nothing duplicated
+    assert main(["run", "minimax", "--results", str(finished_run), *TINY, "--fresh"]) == 0
+    trials = pd.read_parquet(table)
+    assert len(trials) == len(pd.concat([pd.read_parquet(table / name) for name in before])) + 5 * 40
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "nope"], "unknown study"),
     (["run", "minimax", "--set", "bogus=1"], "unknown setting 'bogus'"),
