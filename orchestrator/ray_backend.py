@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from orchestrator.registry import Workload
-from orchestrator.results import ResultStore, config_columns, report_frame
+from orchestrator.results import ResultStore, StoreError, config_columns, report_frame
 from orchestrator.spec import Experiment, Scaling
 from workloads.runtime import TABLE_KEY, load_state, save_state, table_of
 
@@ -62,6 +62,8 @@ def init_kwargs(dashboard: bool = True) -> dict[str, Any]:
 def start(address: str | None = None, dashboard: bool = True) -> Session:
     import ray
 
+    if address and address != "auto":
+        _check_reachable(address)
     if ray.is_initialized():  # tests, notebooks: reuse the caller's Ray
         return Session(owned=False, dashboard_url=None)
     # Train's controller polls workers every 2 s by default, which adds ~6 s to every run's end
@@ -76,6 +78,20 @@ def start(address: str | None = None, dashboard: bool = True) -> Session:
         raise BackendError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
     url = getattr(context, "dashboard_url", None)
     return Session(owned=True, dashboard_url=f"http://{url}" if url else None)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with one line, where ray.init would wait a long time on a dead address."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise BackendError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise BackendError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def stop(session: Session) -> None:
@@ -229,27 +245,48 @@ def _max_concurrent(scaling: Scaling) -> int:
 
 # ---- the driver side -----------------------------------------------------------------------------
 
-def _collector_class():
+def _collector_classes():
     from ray import tune
 
     class Collector(tune.Callback):
-        """Turns results into rows and writes each trial's tables when it ends."""
+        """Turns results into rows and writes them. A write that fails (disk full, read-only) is kept
+        in `failure` rather than raised (Tune would wrap it in a traceback); the stopper below then
+        ends the run and run_experiment raises it as one line."""
 
         def __init__(self, on_result: Callable, on_end: Callable) -> None:
             self.on_result, self.on_end = on_result, on_end
+            self.failure: StoreError | None = None
+
+        def _guard(self, fn, *args) -> None:
+            if self.failure is None:
+                try:
+                    fn(*args)
+                except StoreError as exc:
+                    self.failure = exc
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
-            self.on_result(trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result, trial.trial_id)
+            self._guard(self.on_result, trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result,
+                        trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.on_end(trial.config["trial"], trial.trial_id, "TERMINATED", None)
+            self._guard(self.on_end, trial.config["trial"], trial.trial_id, "TERMINATED", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = getattr(trial, "error_message", None) or "trial failed"
-            self.on_end(trial.config["trial"], trial.trial_id, "ERROR", str(error).strip().splitlines()[-1])
+            self._guard(self.on_end, trial.config["trial"], trial.trial_id, "ERROR", str(error).strip().splitlines()[-1])
 
-    return Collector
+    class StopOnFailure(tune.stopper.Stopper):
+        def __init__(self, collector: Collector) -> None:
+            self.collector = collector
+
+        def __call__(self, trial_id, result) -> bool:
+            return self.collector.failure is not None
+
+        def stop_all(self) -> bool:
+            return self.collector.failure is not None
+
+    return Collector, StopOnFailure
 
 
 @dataclass
@@ -344,6 +381,9 @@ def run_experiment(
             {"cpu": exp.scaling.cpus_per_worker},
         )
         concurrent = exp.scaling.max_concurrent_trials or None
+    collector_cls, stopper_cls = _collector_classes()
+    collector = collector_cls(on_result, on_end)
+    stopper = stopper_cls(collector)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(configs))))},
@@ -355,12 +395,15 @@ def run_experiment(
         run_config=tune.RunConfig(
             name=f"{exp.study}-{run_id}",
             storage_path=storage,
-            callbacks=[_collector_class()(on_result, on_end)],
+            callbacks=[collector],
+            stop=stopper,
             verbose=0,
         ),
     )
     started = time.perf_counter()
     tuner.fit()
+    if collector.failure is not None:
+        raise collector.failure
     progress(f"[{exp.study}] {len(configs)} trials in {time.perf_counter() - started:.1f}s")
     return pd.concat([done_before, *written], ignore_index=True) if written or len(done_before) else pd.DataFrame()
 

@@ -94,8 +94,11 @@ class ResultStore:
     def write(self, study: str, table: str, name: str, frame: pd.DataFrame) -> Path:
         """Write one part file atomically; returns its path."""
         directory = self.table_dir(study, table)
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{name}.parquet"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
         arrow = pa.Table.from_pandas(_sanitize(frame), preserve_index=False)
         tmp = directory / f".{name}.parquet.tmp"
         try:
@@ -103,6 +106,8 @@ class ResultStore:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except OSError as exc:  # disk full, read-only, gone: the earlier parts stay as they were
+            raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
         finally:
             tmp.unlink(missing_ok=True)
         return path

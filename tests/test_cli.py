@@ -97,3 +97,34 @@ def test_help_and_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "minimax.steps = 1000" in out and "--profile paper" in out
+
+
+def test_unreachable_address_is_one_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["run", "minimax", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster" in err and err.count("\n") == 1
+
+
+def test_full_disk_during_a_write_is_one_line_and_keeps_earlier_results(finished_run, capsys, monkeypatch):
+    import errno
+
+    import pyarrow.parquet as pq
+
+    table = finished_run / "minimax" / "trials.parquet"
+    before = {p.name: p.read_bytes() for p in table.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    capsys.readouterr()
+    assert main(["run", "minimax", "--results", str(finished_run), "--set", "num_lrs=7", "--set", "steps=20"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "earlier results are intact" in err
+    assert err.strip().count("\n") == 0
+    assert {p.name: p.read_bytes() for p in table.iterdir()} == before  # nothing torn, nothing lost
