@@ -16,7 +16,7 @@ from pathlib import Path
 from orchestrator.experiments import EXPERIMENTS, PROFILES, studies
 from orchestrator.registry import WORKLOADS
 from orchestrator.results import ResultStore, StoreError
-from orchestrator.spec import Experiment, SpecError, split_overrides
+from orchestrator.spec import Experiment, SpecError, split_overrides, trial_key
 
 DEFAULT_RESULTS = "results"
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None, metavar="DIR",
                      help="folder holding FashionMNIST/ (and flickr8k_subset/); default: $ORCHESTRATOR_DATA_DIR, "
                      "else download where possible")
+    run.add_argument("--storage", default=None, metavar="URI",
+                     help="where Ray keeps checkpoints (a path every node reaches, or s3://BUCKET/prefix); "
+                     "default: <results>/_ray")
     run.add_argument("--fresh", action="store_true",
                      help="rerun every trial; default: trials finished in an earlier run (same config) are kept "
                      "and interrupted ones resume from their last checkpoint")
@@ -51,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list studies, their profiles and settings",
                    description="List every study, its profiles and every setting --set accepts, with defaults.")
 
-    report = sub.add_parser("report", help="summarise a study's results and write its plots",
-                            description="Print a study's summary and write plots next to its tables.")
-    report.add_argument("study", metavar="STUDY", help=f"one of: {', '.join(studies())}")
+    report = sub.add_parser("report", help="summarise results: one study in the terminal, or all as HTML",
+                            description="With a STUDY: print its summary and write its plots next to its tables. "
+                            "Without: write <results>/report.html, one self-contained page for every study.")
+    report.add_argument("study", metavar="STUDY", nargs="?", default=None,
+                        help=f"one of: {', '.join(studies())} (default: all, as HTML)")
     report.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
     report.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="which run (default: the latest)")
 
@@ -134,32 +139,49 @@ def _run(args: argparse.Namespace) -> int:
     experiments = resolve(args.study, args.profile, args.overrides, args.data_dir)
     store = ResultStore(args.results)
     store.open_for_writing()
-    preflight(experiments)
+    done = {} if args.fresh else {e.study: store.finished(e.study, [trial_key(c) for c in e.trial_configs()])
+                                   for e in experiments}
+    pending = [e for e in experiments if len(done.get(e.study, ())) < len(e.trial_configs())]
+    if not pending:  # every trial finished in an earlier run: no Ray to start
+        print(f"every trial of {', '.join(e.study for e in experiments)} ({args.profile}) already finished in "
+              f"{store.root}: nothing to run (--fresh reruns them)")
+        for exp in experiments:
+            study, text = _summary(exp, done[exp.study], 0)
+            print(f"  {study:<8} {text}")
+        return 0
+    preflight(pending)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
-    failed = 0
+    failed, summary = 0, []
     try:
         if session.dashboard_url:
             print(f"Ray dashboard: {session.dashboard_url}  (token: `ray get-auth-token`)")
         print(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
         for exp in experiments:
-            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, fresh=args.fresh)
-            errors = int((trials.get("status") != "TERMINATED").sum()) if len(trials) else 0
-            failed += errors
-            print(_summary(exp, trials))
+            started = time.perf_counter()
+            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, fresh=args.fresh,
+                                                storage=args.storage)
+            failed += int((trials["status"] != "TERMINATED").sum()) if len(trials) else 0
+            summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:
         ray_backend.stop(session)
-    print(f"run {run_id} finished: tables in {store.root}/<study>/{{trials,steps}}.parquet")
+    width = max(len(line[0]) for line in summary)
+    print(f"\nrun {run_id} ({args.profile}):")
+    for study, text in summary:
+        print(f"  {study:<{width}}  {text}")
+    print(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report")
     return 1 if failed else 0
 
 
-def _summary(exp: Experiment, trials) -> str:
+def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
+    """(study, one line): rows ok, the best value of the study's metric, time."""
     workload = WORKLOADS[exp.study]
     if not len(trials) or workload.metric not in trials:
-        return f"[{exp.study}] no results"
+        return exp.study, f"no results ({seconds:.0f} s)"
     ok = trials[trials["status"] == "TERMINATED"]
     best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
-    return f"[{exp.study}] {len(ok)}/{len(trials)} rows ok; best {workload.metric} = {best:.4g}"
+    return exp.study, (f"{len(ok)}/{len(trials)} rows ok   best {workload.metric} ({workload.mode}) = {best:.4g}"
+                       f"   {seconds:.0f} s")
 
 
 def _list() -> int:
@@ -182,11 +204,17 @@ def _list() -> int:
 def _report(args: argparse.Namespace) -> int:
     from orchestrator import report
 
+    store = ResultStore(args.results)
+    if args.study is None:
+        from orchestrator.html_report import write_html
+
+        store.open_for_reading()
+        print(f"wrote {write_html(store, args.run_id)}")
+        return 0
     if args.study not in EXPERIMENTS:
         raise SpecError(f"unknown study {args.study!r}; choose from {', '.join(studies())}")
-    store = ResultStore(args.results)
     store.open_for_reading()
-    print(report.study_report(args.study, store, args.run_id))
+    print(report.study_report(args.study, store, args.run_id)[0])
     return 0
 
 

@@ -1,32 +1,31 @@
-"""The only module that talks to Ray Tune / Ray Train.
+"""The driver side of Ray: start or join a cluster, run an experiment as one Tune run, turn results
+into table rows. (What runs inside Ray actors is in ray_workers.py; these two modules are the only
+ones that import ray.tune / ray.train.)
 
-One experiment = one Tune run over the spec's trial configs. A single-process workload runs as a
-Tune function trial; a distributed one runs as a Train V2 driver trial that builds and fits a
-`TorchTrainer` (the pattern Ray 2.5x+ supports; `Tuner(trainer)` is deprecated).
+One experiment = one Tune run over the spec's trial configs: a single-process workload runs as a
+Tune function trial, a distributed one as a Train V2 driver trial (ray_workers.train_driver).
 
-Rows reach the driver through a Tune `Callback` (it runs in this process): worker reports become
-step rows, `final` reports become trial rows, and each trial's rows are written the moment it ends,
-so an interrupted run keeps every finished trial.
+Rows reach the driver through a Tune `Callback` (it runs in this process). Epoch rows of Train
+trials are written as they arrive (one file per trial and epoch); the other tables and the trial
+row when the trial ends. So an interrupted run keeps every finished trial and every finished epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
 
+from orchestrator import ray_workers
 from orchestrator.registry import Workload
 from orchestrator.results import ResultStore, StoreError, config_columns, report_frame
-from orchestrator.spec import Experiment, Scaling
-from workloads.runtime import TABLE_KEY, load_state, save_state, table_of
+from orchestrator.spec import Experiment, Scaling, trial_key
+from workloads.runtime import TABLE_KEY
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
 DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
@@ -36,6 +35,9 @@ _TUNE_KEYS = {
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
     "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY,
 }
+
+
+_FAILED: dict[str, Exception] = {}  # experiment key -> the write error that stops it (see StopOnFailure)
 
 
 class BackendError(RuntimeError):
@@ -101,129 +103,6 @@ def stop(session: Session) -> None:
         ray.shutdown()
 
 
-def trial_key(config: Any) -> str:
-    """A trial's identity: a digest of its full config (same config, same key, on every run)."""
-    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-# ---- what runs inside Ray ------------------------------------------------------------------------
-
-class _TuneRuntime:
-    """Runtime of a single-process trial: reports go straight to Tune."""
-
-    world_size, rank, is_rank_zero, device = 1, 0, True, "cpu"
-
-    def __init__(self, artifact_dir: str) -> None:
-        self.artifact_dir = artifact_dir
-
-    def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
-        from ray import tune
-
-        tune.report({**metrics, TABLE_KEY: table_of(final, table)})
-
-    def restore(self):
-        return None
-
-    def barrier(self) -> None:
-        pass
-
-    def prepare_model(self, model):
-        return model
-
-    def prepare_loader(self, loader):
-        return loader
-
-
-class _TrainRuntime:
-    """Runtime of a Ray Train worker: DDP preparation, `ray.train.report` with checkpoints."""
-
-    def __init__(self, artifact_dir: str) -> None:
-        import ray.train
-        import ray.train.torch
-
-        context = ray.train.get_context()
-        self.world_size, self.rank = context.get_world_size(), context.get_world_rank()
-        self.is_rank_zero = self.rank == 0
-        self.device = ray.train.torch.get_device()
-        self.artifact_dir = artifact_dir
-
-    def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
-        import ray.train
-
-        payload = {**metrics, TABLE_KEY: table_of(final, table)}
-        if checkpoint is None:
-            ray.train.report(payload)
-            return
-        with tempfile.TemporaryDirectory() as tmp:  # Train copies it into the run's storage
-            save_state(checkpoint, tmp)
-            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-
-    def restore(self):
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state(directory)
-
-    def prepare_model(self, model):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)  # DDP when world_size > 1, device placement
-
-    def prepare_loader(self, loader):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader)  # DistributedSampler, device placement
-
-
-def _function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list) -> None:
-    import importlib
-
-    index = params["trial"]
-    importlib.import_module(module).train_loop(configs[index], _TuneRuntime(artifact_dirs[index]))
-
-
-def _train_worker(params: dict) -> None:
-    import importlib
-
-    importlib.import_module(params["module"]).train_loop(params["config"], _TrainRuntime(params["artifact_dir"]))
-
-
-def _train_driver(params: dict, *, module: str, configs: list, artifact_dirs: list, names: list,
-                  scaling: Scaling, storage: str) -> None:
-    """A Tune trial that builds and fits one TorchTrainer (the Train V2 pattern)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    index = params["trial"]
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"module": module, "config": configs[index], "artifact_dir": artifact_dirs[index]},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=names[index],
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],  # worker reports -> this Tune trial's results
-        ),
-    )
-    trainer.fit()
-
-
 def _max_concurrent(scaling: Scaling) -> int:
     """How many trials the cluster holds at once, from its resources (so Train runs never starve)."""
     import ray
@@ -253,8 +132,8 @@ def _collector_classes():
         in `failure` rather than raised (Tune would wrap it in a traceback); the stopper below then
         ends the run and run_experiment raises it as one line."""
 
-        def __init__(self, on_result: Callable, on_end: Callable) -> None:
-            self.on_result, self.on_end = on_result, on_end
+        def __init__(self, key: str, on_result: Callable, on_end: Callable) -> None:
+            self.key, self.on_result, self.on_end = key, on_result, on_end
             self.failure: StoreError | None = None
 
         def _guard(self, fn, *args) -> None:
@@ -262,7 +141,7 @@ def _collector_classes():
                 try:
                     fn(*args)
                 except StoreError as exc:
-                    self.failure = exc
+                    self.failure = _FAILED[self.key] = exc
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
@@ -277,14 +156,17 @@ def _collector_classes():
             self._guard(self.on_end, trial.config["trial"], trial.trial_id, "ERROR", str(error).strip().splitlines()[-1])
 
     class StopOnFailure(tune.stopper.Stopper):
-        def __init__(self, collector: Collector) -> None:
-            self.collector = collector
+        """Stops every trial once the collector failed. Holds only a key into _FAILED: Tune pickles
+        its stopper with the experiment state, and the collector (closures over this run) is not."""
+
+        def __init__(self, key: str) -> None:
+            self.key = key
 
         def __call__(self, trial_id, result) -> bool:
-            return self.collector.failure is not None
+            return self.key in _FAILED
 
         def stop_all(self) -> bool:
-            return self.collector.failure is not None
+            return self.key in _FAILED
 
     return Collector, StopOnFailure
 
@@ -305,6 +187,7 @@ def run_experiment(
     store: ResultStore,
     run_id: str,
     fresh: bool = False,
+    storage: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run every trial of `exp` not finished before (all of them with `fresh`); write rows as they
@@ -316,7 +199,7 @@ def run_experiment(
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     all_configs = exp.trial_configs()
-    done_before = pd.DataFrame() if fresh else finished_trials(store, exp.study, [trial_key(c) for c in all_configs])
+    done_before = pd.DataFrame() if fresh else store.finished(exp.study, [trial_key(c) for c in all_configs])
     skip = set(done_before["trial_key"]) if len(done_before) else set()
     configs = [c for c in all_configs if trial_key(c) not in skip]
     if skip:
@@ -366,24 +249,24 @@ def run_experiment(
         tail = f"  error: {error}" if error else ""
         progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()} ({trial_id}, {len(trials)} rows){tail}")
 
-    storage = str((store.root / "_ray").resolve())
+    storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
     if workload.distributed:
         trainable = tune.with_resources(
-            tune.with_parameters(_train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
+            tune.with_parameters(ray_workers.train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
                                  names=[f"{exp.study}-{b}" for b in bases], scaling=exp.scaling, storage=storage),
             {"cpu": 0, DRIVER_RESOURCE: 1},  # the driver only waits on its TorchTrainer's workers
         )
         concurrent = _max_concurrent(exp.scaling)
     else:
         trainable = tune.with_resources(
-            tune.with_parameters(_function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
+            tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
             {"cpu": exp.scaling.cpus_per_worker},
         )
         concurrent = exp.scaling.max_concurrent_trials or None
     collector_cls, stopper_cls = _collector_classes()
-    collector = collector_cls(on_result, on_end)
-    stopper = stopper_cls(collector)
+    collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end)
+    stopper = stopper_cls(collector.key)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(configs))))},
@@ -401,18 +284,11 @@ def run_experiment(
         ),
     )
     started = time.perf_counter()
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        _FAILED.pop(collector.key, None)
     if collector.failure is not None:
         raise collector.failure
     progress(f"[{exp.study}] {len(configs)} trials in {time.perf_counter() - started:.1f}s")
     return pd.concat([done_before, *written], ignore_index=True) if written or len(done_before) else pd.DataFrame()
-
-
-def finished_trials(store: ResultStore, study: str, keys: list[str]) -> pd.DataFrame:
-    """Rows of trials among `keys` that finished in an earlier run (the latest run of each)."""
-    table = store.read(study, "trials")
-    if table.empty or "trial_key" not in table:
-        return pd.DataFrame()
-    done = table[table["trial_key"].isin(keys) & (table["status"] == "TERMINATED")]
-    latest = done.groupby("trial_key")["run_id"].transform("max")
-    return done[done["run_id"] == latest].reset_index(drop=True)

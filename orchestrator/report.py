@@ -22,7 +22,8 @@ def latest_run(trials: pd.DataFrame, run_id: str | None) -> pd.DataFrame:
     return picked
 
 
-def study_report(study: str, store: ResultStore, run_id: str | None = None) -> str:
+def study_report(study: str, store: ResultStore, run_id: str | None = None) -> tuple[str, list[Path]]:
+    """(summary text, images) of one run of a study (default: its latest); writes the plots."""
     trials = latest_run(store.read(study, "trials"), run_id)
     out_dir = store.root / study / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def _grid_ranges(lrs: np.ndarray, ok: np.ndarray) -> str:
     return " U ".join(ranges)
 
 
-def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> str:
+def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +121,69 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> s
     fig.savefig(curve_path, dpi=120)
     plt.close(fig)
     lines += [f"plots: {map_path}", f"       {curve_path}"]
-    return "\n".join(lines)
+    return "\n".join(lines), [map_path, curve_path]
 
 
-REPORTS = {"minimax": minimax_report}
+# ---- GAN and CLIP --------------------------------------------------------------------------------
+
+def _table(frame: pd.DataFrame, columns: list[str]) -> str:
+    present = [c for c in columns if c in frame]
+    return frame[present].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
+    """Final scores per trial, and the loss / FID curves over epochs as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_id = trials["run_id"].iloc[0]
+    steps = store.read("gan", "steps")
+    steps = steps[steps["trial_key"].isin(trials["trial_key"])].sort_values("epoch")
+    fig, (ax_loss, ax_fid) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, curve in steps.groupby("trial_key"):
+        label = f"lr={trials.loc[trials['trial_key'] == key, 'lr'].iloc[0]:g}"
+        ax_loss.plot(curve["epoch"], curve["loss_d"], label=f"D {label}")
+        ax_loss.plot(curve["epoch"], curve["loss_g"], "--", label=f"G {label}")
+        scored = curve.dropna(subset=["fid"]) if "fid" in curve else curve.iloc[:0]
+        ax_fid.plot(scored["epoch"], scored["fid"], "o-", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="mean BCE loss", title="losses")
+    ax_fid.set(xlabel="epoch", ylabel="FID (FashionMNIST-classifier features)", title="FID, lower is better")
+    ax_loss.legend(fontsize=7)
+    ax_fid.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / f"curves-{run_id}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    lines = [f"gan, run {run_id}:", _table(trials, ["trial_key", "lr", "beta1", "epochs_done", "fid", "class_coverage",
+                                                    "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s"])]
+    images = [path]
+    for generator in trials.get("generator_path", pd.Series(dtype=str)).dropna():
+        samples = Path(generator).parent / "samples"
+        lines.append(f"samples: {samples}")
+        images += sorted(samples.glob("epoch_*.png"))
+    lines.append(f"plot: {path}")
+    return "\n".join(lines), images
+
+
+CLIP_COLUMNS = ["pair", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_median_rank", "i2t_r1", "i2t_r5", "i2t_r10",
+                "image_params", "text_params", "head_params", "train_time_s", "images_per_s"]
+
+
+def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
+    run_id = trials["run_id"].iloc[0]
+    n = int(trials["test_images"].max()) if "test_images" in trials else 0
+    chance = f"chance on {n} test images: R@1 {1 / n:.3g}, R@5 {5 / n:.3g}, R@10 {10 / n:.3g}" if n else ""
+    lines = [f"clip, run {run_id}: text->image (t2i) and image->text (i2t) retrieval on the test split", chance,
+             _table(trials, CLIP_COLUMNS)]
+    prompts = store.read("clip", "prompts")
+    grids = []
+    if len(prompts):
+        prompts = prompts[prompts["trial_key"].isin(trials["trial_key"])]
+        grids = [Path(g) for g in sorted(prompts["grid"].unique())]
+        lines += [f"prompt grid: {g}" for g in grids]
+    return "\n".join(lines), grids
+
+
+REPORTS = {"minimax": minimax_report, "gan": gan_report, "clip": clip_report}

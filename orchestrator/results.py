@@ -112,6 +112,15 @@ class ResultStore:
             tmp.unlink(missing_ok=True)
         return path
 
+    def finished(self, study: str, keys: list[str]) -> pd.DataFrame:
+        """Trial rows among `keys` that finished in an earlier run (each from its latest run)."""
+        table = self.read(study, "trials")
+        if table.empty or "trial_key" not in table:
+            return pd.DataFrame()
+        done = table[table["trial_key"].isin(keys) & (table["status"] == "TERMINATED")]
+        latest = done.groupby("trial_key")["run_id"].transform("max")
+        return done[done["run_id"] == latest].reset_index(drop=True)
+
     def read(self, study: str, table: str) -> pd.DataFrame:
         """Every part of a table, schemas unified (a column missing from a part reads as null)."""
         return read_table(self.table_dir(study, table))

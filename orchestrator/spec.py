@@ -8,10 +8,18 @@ line, before Ray starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+def trial_key(config: Any) -> str:
+    """A trial's identity: a digest of its full config (same config, same key, on every run)."""
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 class SpecError(ValueError):

@@ -37,3 +37,14 @@ def data_dir():
     if not path:
         pytest.skip("ORCHESTRATOR_DATA_DIR is not set: point it at the folder holding FashionMNIST/ and flickr8k_subset/")
     return path
+
+
+@pytest.fixture(scope="session")
+def gan_cache(data_dir, tmp_path_factory):
+    """A cache holding extracted FashionMNIST and the trained FID classifier, built once per session."""
+    from workloads.gan import data, quality
+
+    cache = str(tmp_path_factory.mktemp("cache"))
+    data.locate(data_dir, cache)
+    quality.load_classifier(data_dir, cache)
+    return cache

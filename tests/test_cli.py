@@ -58,7 +58,8 @@ def test_rerun_keeps_finished_trials_and_fresh_reruns_them(finished_run, capsys)
     before = sorted(p.name for p in table.iterdir())
     capsys.readouterr()
     assert main(["run", "minimax", "--results", str(finished_run), *TINY]) == 0
-    assert "5/5 trials already finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already finished" in out and "nothing to run" in out
     assert sorted(p.name for p in table.iterdir()) == before  # nothing rerun, nothing duplicated
     assert main(["run", "minimax", "--results", str(finished_run), *TINY, "--fresh"]) == 0
     trials = pd.read_parquet(table)
@@ -128,3 +129,29 @@ def test_full_disk_during_a_write_is_one_line_and_keeps_earlier_results(finished
     assert "No space left on device" in err and "earlier results are intact" in err
     assert err.strip().count("\n") == 0
     assert {p.name: p.read_bytes() for p in table.iterdir()} == before  # nothing torn, nothing lost
+
+
+def html_images(page: str) -> list[bytes]:
+    """The decoded <img> payloads of a report page (parsing it as HTML on the way)."""
+    import base64
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                src = dict(attrs)["src"]
+                assert src.startswith("data:image/png;base64,"), src[:40]
+                found.append(base64.b64decode(src.split(",", 1)[1]))
+
+    Parser().feed(page)
+    return found
+
+
+def test_html_report_is_self_contained(finished_run, capsys):
+    assert main(["report", "--results", str(finished_run)]) == 0
+    page = (finished_run / "report.html").read_text()
+    images = html_images(page)
+    assert len(images) >= 2 and all(img[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "<h2>minimax</h2>" in page and "(0, 0.25)" in page and "<h3>runs</h3>" in page

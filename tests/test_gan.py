@@ -56,13 +56,13 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(data_dir, tmp_path_factory):
-    """Extracted FashionMNIST and the trained FID classifier, built once for this module."""
-    cache = str(tmp_path_factory.mktemp("cache"))
-    data.locate(data_dir, cache)
-    model, accuracy = quality.load_classifier(data_dir, cache)
-    assert accuracy >= 0.90  # the feature extractor is a real FashionMNIST classifier
-    return cache
+def cache_dir(gan_cache):
+    return gan_cache
+
+
+def test_classifier_is_a_real_fashion_mnist_classifier(data_dir, cache_dir):
+    _, accuracy = quality.load_classifier(data_dir, cache_dir)
+    assert accuracy >= 0.90  # the FID's feature extractor
 
 
 def test_extraction_never_writes_into_the_source(data_dir, cache_dir):
@@ -84,15 +84,40 @@ def test_fid_separates_real_from_noise(data_dir, cache_dir):
     assert real_score["class_coverage"] == 1.0 and noise_score["class_coverage"] <= 0.2
 
 
+def _kill_a_train_worker_after_epoch_1(steps_dir, killed: list, timeout_s: float = 300) -> None:
+    """Wait for epoch 1's row, then SIGKILL one live Ray Train worker process (it is in epoch 2)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and not (steps_dir.exists() and any(steps_dir.glob("*.parquet"))):
+        time.sleep(0.2)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            os.kill(proc.info["pid"], signal.SIGKILL)
+            killed.append(proc.info["pid"])
+            return
+
+
 @pytest.fixture(scope="module")
 def ddp_run(ray_session, data_dir, cache_dir, tmp_path_factory):
-    """2 Train workers (DDP, gloo) x 2 epochs on 640 real images; rank 0 crashes in the middle of epoch 2."""
+    """2 Train workers (DDP, gloo) x 2 epochs on 640 real images; a worker process is killed with
+    SIGKILL in the middle of epoch 2 (a real kill, from outside, while main() runs)."""
+    import threading
+
     results = tmp_path_factory.mktemp("results")
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_train_worker_after_epoch_1,
+                              args=(results / "gan" / "steps.parquet", killed), daemon=True)
+    killer.start()
     code = main(["run", "gan", "--results", str(results), "--data-dir", data_dir,
                  "--set", f"cache_dir={cache_dir}", "--set", "train_images=640", "--set", "epochs=2",
-                 "--set", "sample_epochs=1", "--set", "fid_images=500", "--set", "num_workers=2",
-                 "--set", "fail_at_epoch=2", "--no-dashboard"])
-    assert code == 0
+                 "--set", "sample_epochs=1", "--set", "fid_images=500", "--set", "num_workers=2", "--no-dashboard"])
+    killer.join(timeout=5)
+    assert code == 0 and len(killed) == 1
     return results
 
 
@@ -102,7 +127,7 @@ def test_ddp_run_resumes_after_failure_and_records_each_epoch_once(ddp_run):
     assert len(trials) == 1
     row = trials.iloc[0]
     assert row["status"] == "TERMINATED" and row["world_size"] == 2
-    assert row["resumed_from_epoch"] == 1  # the restarted workers continued from epoch 1's checkpoint
+    assert row["resumed_from_epoch"] == 1  # the restarted worker group continued from epoch 1's checkpoint
     assert sorted(steps["epoch"]) == [1, 2]
     for column in ("loss_d", "loss_g", "d_x", "d_g_z", "images_per_s", "wall_time_s"):
         assert np.isfinite(steps[column]).all(), column
@@ -142,3 +167,14 @@ def test_generate_writes_a_valid_png(ddp_run, tmp_path):
     width, height = struct.unpack(">II", blob[16:24])
     assert (width, height) == (4 * 30 + 2, 4 * 30 + 2)  # 4x4 tiles of 28 px with 2 px padding
     assert zlib.crc32(blob[12:29]) == struct.unpack(">I", blob[29:33])[0]  # IHDR checksum
+
+
+def test_report_shows_curves_and_sample_grids(ddp_run, capsys):
+    from tests.test_cli import html_images
+
+    assert main(["report", "gan", "--results", str(ddp_run)]) == 0
+    out = capsys.readouterr().out
+    assert "fid" in out and "samples:" in out
+    assert main(["report", "--results", str(ddp_run)]) == 0
+    page = (ddp_run / "report.html").read_text()
+    assert "<h2>gan</h2>" in page and len(html_images(page)) == 3  # curves + 2 sample grids

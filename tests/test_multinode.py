@@ -1,0 +1,40 @@
+"""Two Ray nodes on one machine (ray.cluster_utils.Cluster): a study's trials spread over both and
+its rows land once. Runs in a subprocess: this process already holds the test session's Ray."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from orchestrator.cli import main
+from orchestrator.ray_backend import DRIVER_RESOURCE, DRIVER_SLOTS
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER_RESOURCE: DRIVER_SLOTS}})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+nodes = sorted(n["NodeID"][:12] for n in ray.nodes() if n["Alive"])
+code = main(["run", "minimax", "--results", sys.argv[1], "--set", "num_lrs=600", "--set", "steps=20000"])
+ray.shutdown()
+cluster.shutdown()
+print(json.dumps({"code": code, "nodes": nodes}))
+"""
+
+
+def test_trials_spread_over_two_nodes_and_land_once(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and len(result["nodes"]) == 2
+    trials = pd.read_parquet(tmp_path / "minimax" / "trials.parquet")
+    assert set(trials["node_id"]) == set(result["nodes"])  # both nodes ran trials
+    assert len(trials) == 5 * 600 and not trials.duplicated(["algorithm", "lr"]).any()  # each row once
