@@ -10,25 +10,12 @@ one run. Target: ratio <= 2.5.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from orchestrator.ray_backend import init_kwargs  # noqa: E402
-
-
-def timed(cmd: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+from common import ROOT, bare_ray_command, timed
 
 
 def main() -> None:
@@ -36,11 +23,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    bare_code = f"import json, ray; ray.init(**json.loads({json.dumps(init_kwargs())!r})); ray.shutdown()"
     bare, full = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            bare.append(timed([sys.executable, "-c", bare_code], env))
+            bare.append(timed(bare_ray_command(), env))
             full.append(timed([sys.executable, "-m", "orchestrator", "run", "minimax", "--results", f"{tmp}/r{i}"], env))
     b, f = statistics.median(bare), statistics.median(full)
     print(f"bare ray.init + shutdown : median {b:6.2f} s  ({', '.join(f'{t:.2f}' for t in bare)})")
