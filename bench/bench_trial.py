@@ -46,7 +46,8 @@ from workloads.runtime import LocalRuntime
 args = json.loads(sys.argv[1])
 (exp,) = resolve(args["study"], "local", args["overrides"], args["data_dir"])
 torch.set_num_threads(int(exp.scaling.cpus_per_worker))
-module = __import__({"gan": "workloads.gan.loop", "clip": "workloads.clip.loop"}[args["study"]], fromlist=["x"])
+from orchestrator.registry import WORKLOADS
+module = WORKLOADS[args["study"]].load()  # the module the orchestrator would run
 runtime = LocalRuntime(artifact_dir=args["artifacts"])
 start = time.perf_counter()
 module.train_loop(exp.config, runtime)

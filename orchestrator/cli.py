@@ -24,7 +24,7 @@ DEFAULT_RESULTS = "results"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
-        description="Reproduce the minimax / GAN study at scale on Ray: Tune fans out trials, Train runs "
+        description="Reproduce the minimax / GAN / CLIP study at scale on Ray: Tune fans out trials, Train runs "
         "DDP, every result lands in Parquet tables under --results.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,generate,validate-cluster}")
