@@ -15,7 +15,7 @@ import statistics
 import sys
 import tempfile
 
-from common import ROOT, bare_ray_command, timed
+from common import bare_ray_command, timed
 
 
 def main() -> None:

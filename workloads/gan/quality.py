@@ -10,7 +10,6 @@ It ranks generators the way Inception-FID does but its values are not comparable
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
