@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import secrets
 import sys
 import time
@@ -17,6 +18,7 @@ from orchestrator.experiments import EXPERIMENTS, PROFILES, studies
 from orchestrator.registry import WORKLOADS
 from orchestrator.results import ResultStore, StoreError
 from orchestrator.spec import Experiment, SpecError, split_overrides, trial_key
+from workloads.common import CACHE_ENV, DATA_ENV
 
 DEFAULT_RESULTS = "results"
 
@@ -121,9 +123,22 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
         exp = EXPERIMENTS[name][profile]
         settings = dict(per_study[name])
         if data_dir is not None and hasattr(exp.config, "data_dir"):
-            settings.setdefault("data_dir", str(Path(data_dir).expanduser().resolve()))
-        out.append(exp.with_overrides(settings))
+            settings.setdefault("data_dir", data_dir)
+        exp = exp.with_overrides(settings)
+        out.append(dataclasses.replace(exp, config=_absolute_dirs(exp.config)))
     return out
+
+
+def _absolute_dirs(config):
+    """data_dir / cache_dir (from --set, --data-dir or the environment) as absolute paths, fixed here in
+    the driver: Ray workers run in another directory, so a relative path would point elsewhere there."""
+    changes = {}
+    for field, env in (("data_dir", DATA_ENV), ("cache_dir", CACHE_ENV)):
+        if hasattr(config, field):
+            value = getattr(config, field) or os.environ.get(env, "")
+            if value:
+                changes[field] = str(Path(value).expanduser().resolve())
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def preflight(experiments: list[Experiment]) -> None:

@@ -76,3 +76,16 @@ def test_store_refuses_unwritable_and_foreign_directories(tmp_path):
     (tmp_path / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
     with pytest.raises(StoreError, match="results format"):
         ResultStore(tmp_path).open_for_writing()
+
+
+def test_data_and_cache_dirs_become_absolute_in_the_driver(monkeypatch, tmp_path):
+    # Ray workers run in their own directory: a relative ORCHESTRATOR_DATA_DIR must be fixed before them
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ORCHESTRATOR_DATA_DIR", "../data")
+    monkeypatch.setenv("ORCHESTRATOR_CACHE_DIR", "cache")
+    gan, clip = resolve("all", "local", [], None)[1:]
+    for exp in (gan, clip):
+        assert exp.config.data_dir == str((tmp_path / "../data").resolve())
+        assert exp.config.cache_dir == str(tmp_path / "cache")
+    (gan,) = resolve("gan", "local", ["data_dir=rel"], None)
+    assert gan.config.data_dir == str(tmp_path / "rel")
