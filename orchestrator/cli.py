@@ -176,8 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
         for exp in experiments:
             started = time.perf_counter()
-            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, fresh=args.fresh,
-                                                storage=args.storage)
+            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done.get(exp.study),
+                                                fresh=args.fresh, storage=args.storage)
             failed += int((trials["status"] != "TERMINATED").sum()) if len(trials) else 0
             summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:

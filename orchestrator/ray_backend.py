@@ -186,12 +186,13 @@ def run_experiment(
     workload: Workload,
     store: ResultStore,
     run_id: str,
+    done_before: pd.DataFrame | None = None,
     fresh: bool = False,
     storage: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Run every trial of `exp` not finished before (all of them with `fresh`); write rows as they
-    arrive; return the trials rows of this experiment's configs (this run's and skipped ones)."""
+    """Run every trial of `exp` except those in `done_before` (the caller's store.finished rows; none
+    with `fresh`); write rows as they arrive; return this run's trial rows and the kept ones."""
     from ray import tune
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our tables replace Tune's logs
@@ -199,7 +200,7 @@ def run_experiment(
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     all_configs = exp.trial_configs()
-    done_before = pd.DataFrame() if fresh else store.finished(exp.study, [trial_key(c) for c in all_configs])
+    done_before = pd.DataFrame() if done_before is None or fresh else done_before
     skip = set(done_before["trial_key"]) if len(done_before) else set()
     configs = [c for c in all_configs if trial_key(c) not in skip]
     if skip:
