@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pandas as pd
 from orchestrator.registry import WORKLOADS
 from orchestrator.report import study_report
 from orchestrator.results import ResultStore
+from workloads.common import atomic_path
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}img{max-width:100%;margin:.3em 0}
@@ -61,7 +61,6 @@ def write_html(store: ResultStore, run_id: str | None = None) -> Path:
             f"<p>{html.escape(str(store.root.resolve()))}, written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
             + "".join(sections) + "</body></html>")
     path = store.root / "report.html"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path

@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workloads.common import atomic_path
+
 FORMAT_VERSION = 1  # bump when the table layout changes incompatibly
 MARKER = "orchestrator-results.json"
 TABLES = ("trials", "steps")
@@ -100,16 +102,13 @@ class ResultStore:
         except OSError as exc:
             raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
         arrow = pa.Table.from_pandas(_sanitize(frame), preserve_index=False)
-        tmp = directory / f".{name}.parquet.tmp"
         try:
-            pq.write_table(arrow, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                pq.write_table(arrow, tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
         except OSError as exc:  # disk full, read-only, gone: the earlier parts stay as they were
             raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def finished(self, study: str, keys: list[str]) -> pd.DataFrame:
@@ -149,6 +148,5 @@ def _sanitize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

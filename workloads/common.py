@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,11 +23,24 @@ def cache_root(configured: str = "") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A hidden temporary sibling of `path` to write to, renamed onto `path` when the block succeeds
+    (removed when it fails): readers, concurrent writers and killed runs see the old file or the whole
+    new one, never a torn one. The suffix is kept, so writers that infer a format from it still work."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_grid(images, path: Path, nrow: int = 8, captions: list[str] | None = None) -> None:
     """Images (N, C, H, W) in [-1, 1] -> one PNG grid, written atomically."""
     import torchvision.utils as vutils
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    vutils.save_image(images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        vutils.save_image(images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)

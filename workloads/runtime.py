@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from workloads.common import atomic_path
+
 TABLE_KEY = "_table"  # carried inside the metrics dict, so it survives Ray's report plumbing
 STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
 
@@ -25,10 +27,8 @@ STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
 def save_state(state: Mapping[str, Any], directory: str | os.PathLike) -> None:
     import torch
 
-    path = Path(directory) / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.tmp")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)
+    with atomic_path(Path(directory) / STATE_FILE) as tmp:
+        torch.save(dict(state), tmp)
 
 
 def load_state(directory: str | os.PathLike) -> dict | None:

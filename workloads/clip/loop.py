@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from workloads.clip import data, encoders
 from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
 from workloads.clip.model import CLIP, clip_loss
-from workloads.common import cache_root
+from workloads.common import atomic_path, cache_root
 from workloads.runtime import maybe_fail, unwrap
 
 
@@ -85,9 +84,8 @@ def feature_cache(config: Config, model: CLIP, tokenizer, train, test, transform
             feats[f"{name}_images"] = encode_images(unwrap(model), data.Images(split.root, split.images, transform), device)
             feats[f"{name}_texts"] = encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(feats, tmp)
     runtime.barrier()  # other ranks wait for rank 0's file
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -238,10 +236,9 @@ def write_prompts(model, tokenizer, config: Config, test, image_emb: torch.Tenso
                 rows[key].append(value)
         fig.suptitle(f'"{prompt}"\n{config.pair}', fontsize=11)
         fig.tight_layout()
-        tmp = grid.with_name(f".{grid.stem}.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        with atomic_path(grid) as tmp:
+            fig.savefig(tmp, dpi=80)
         plt.close(fig)
-        os.replace(tmp, grid)
     return {k: np.asarray(v) for k, v in rows.items()}
 
 

@@ -9,11 +9,10 @@ and killed runs never see a half-extracted file.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
-from workloads.common import DATA_ENV, cache_root, data_root
+from workloads.common import DATA_ENV, atomic_path, cache_root, data_root
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -49,11 +48,10 @@ def locate(data_dir: str, cache_dir: str = "") -> Path:
         target = raw / name
         if target.exists():
             continue
-        tmp = raw / f".{name}.{os.getpid()}.tmp"
         plain, packed = source / name, source / f"{name}.gz"
-        with (open(plain, "rb") if plain.exists() else gzip.open(packed, "rb")) as src, open(tmp, "wb") as dst:
+        with atomic_path(target) as tmp, (open(plain, "rb") if plain.exists() else gzip.open(packed, "rb")) as src, \
+                open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)
     return cache
 
 

@@ -9,13 +9,12 @@ It ranks generators the way Inception-FID does but its values are not comparable
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
 from torch import nn
 
-from workloads.common import cache_root
+from workloads.common import atomic_path, cache_root
 from workloads.gan import data
 
 CLASSIFIER_FILE = "fmnist_classifier_v2.pt"  # bump when the architecture or training changes
@@ -62,9 +61,8 @@ def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4) ->
     xt, yt = data.load(data_dir, cache_dir, train=False)
     with torch.no_grad():
         accuracy = float(torch.cat([model(b).argmax(1) for b in xt.split(1000)]).eq(yt).float().mean())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"model": model.state_dict(), "test_accuracy": accuracy}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "test_accuracy": accuracy}, tmp)
     return model, accuracy
 
 
