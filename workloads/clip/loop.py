@@ -34,6 +34,10 @@ def build(config: Config) -> tuple[CLIP, object, tuple, tuple]:
     text = encoders.build_text_encoder(config.text_model, config.pretrained, config.text_layers, config.text_width)
     tokenizer = encoders.build_tokenizer(config.text_model, config.tokenizer)
     mean, std = encoders.image_normalisation(image, config.image_mean, config.image_std)
+    # NHWC weights (inputs follow in CLIP.image_features): oneDNN's and cuDNN's fast conv layout. Measured
+    # here on 2 CPU cores: EfficientNet-Lite0 features 1.8x faster, training steps 1.55x (ResNet-18 1.2x),
+    # features equal to 5e-6.
+    image.to(memory_format=torch.channels_last)
     model = CLIP(image, text, image.num_features, text.config.hidden_size, config.projection_dim, config.dropout,
                  config.temperature_init, config.temperature_max, config.text_pooling)
     image.requires_grad_(config.train_image_encoder)
@@ -111,7 +115,7 @@ def evaluate(model: CLIP, tokenizer, config: Config, test, transform, device, fe
         image_emb = model.embed_images(image_f.to(device)).float().cpu()
         text_emb = model.embed_texts(text_f.to(device)).float().cpu()
     metrics = retrieval_metrics((text_emb @ image_emb.T).numpy(), test.image_of)
-    return metrics, (image_emb, float(model.scale()))
+    return metrics, (image_emb, float(model.scale().detach()))
 
 
 def train_loop(config: Config, runtime) -> None:

@@ -53,7 +53,8 @@ class CLIP(nn.Module):
         return self.logit_scale.clamp(max=self.max_log_scale).exp()  # capped at temperature_max
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(images)  # (B, image_dim)
+        # (B, 3, H, W) -> (B, image_dim); NHWC like the encoder's weights (see loop.build)
+        return self.image_encoder(images.contiguous(memory_format=torch.channels_last))
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
