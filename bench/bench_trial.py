@@ -4,8 +4,8 @@ loop without Ray, on the same data, config, epochs and CPUs, measured side by si
     python bench/bench_trial.py gan  [--data-dir DIR] [--set KEY=VALUE ...] [--orchestrator-first]
     python bench/bench_trial.py clip [--data-dir DIR] [--set KEY=VALUE ...] [--orchestrator-first]
 
-The plain side is `python -c "...train_loop(config, LocalRuntime())"` in a fresh process, torch
-using as many threads as a Train worker gets (its `cpus_per_worker`). Printed:
+The plain side is `python -c "...train_loop(config, LocalRuntime())"` in a fresh process with
+OMP_NUM_THREADS set to the worker's `cpus_per_worker`, as Ray sets it in a Train worker. Printed:
   plain process  = its whole wall time: imports (torch, torchvision, the workload) + setup (data,
                    models, FID reference) + training; what `python train.py` costs a researcher;
   trial          = the orchestrator trial's wall time (Tune's time_total_s): Train controller and
@@ -50,12 +50,10 @@ DEFAULTS = {  # about two minutes (GAN) / one (CLIP) of training on one core of 
 PLAIN = """
 import json, sys, time
 t0 = time.perf_counter()
-import torch
 from orchestrator.cli import resolve
 from workloads.runtime import LocalRuntime
 args = json.loads(sys.argv[1])
 (exp,) = resolve(args["study"], "local", args["overrides"], args["data_dir"])
-torch.set_num_threads(int(exp.scaling.cpus_per_worker))
 from orchestrator.registry import WORKLOADS
 module = WORKLOADS[args["study"]].load()  # the module the orchestrator would run
 runtime = LocalRuntime(artifact_dir=args["artifacts"])
@@ -116,6 +114,7 @@ def main() -> None:
     print(f"vs loop only   : {trial['wall_time_s'] / plain['loop_s']:.3f}  (plain setup + training, no imports)")
     print(f"images/s ratio : {orch_ips / plain['images_per_s']:.3f}  (orchestrator / plain, steady state)")
     print(f"process ratio  : {orch_process / plain_process:.3f}  (whole command, Ray start and stop included)")
+
 
 if __name__ == "__main__":
     main()
