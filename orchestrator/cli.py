@@ -10,13 +10,19 @@ import argparse
 import dataclasses
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from orchestrator.experiments import EXPERIMENTS, PROFILES, studies
+from orchestrator.provenance import code_version
 from orchestrator.registry import WORKLOADS
-from orchestrator.results import ResultStore, StoreError
+from orchestrator.results import FINISHED, ResultStore, StoreError
+from orchestrator.runlock import LockHeld, RunLock
 from orchestrator.spec import Experiment, SpecError, split_overrides, trial_key
 from workloads.common import CACHE_ENV, DATA_ENV
 
@@ -82,10 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does: Ray stopped, the lock released
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines appear live through a pipe or a log file
+    handles_term = args.command == "run" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handles_term else None
+    try:
+        return _dispatch(args)
+    finally:
+        if handles_term:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "list":
             return _list()
@@ -100,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.file}: valid ({len(raw.get('available_node_types', {}))} node types, head {raw['head_node_type']})")
             return 0
         return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished trials and epochs are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     except (SpecError, StoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -151,14 +175,33 @@ def preflight(experiments: list[Experiment]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator import ray_backend
-
     experiments = resolve(args.study, args.profile, args.overrides, args.data_dir)
     store = ResultStore(args.results)
     store.open_for_writing()
-    done = {} if args.fresh else {e.study: store.finished(e.study, [trial_key(c) for c in e.trial_configs()])
-                                   for e in experiments}
-    pending = [e for e in experiments if len(done.get(e.study, ())) < len(e.trial_configs())]
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    lock = RunLock(store.root, run_id)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise StoreError(str(exc)) from None
+    try:
+        store.sweep_temporaries()  # left by runs killed mid-write; we hold the lock, no one else writes
+        return _run_locked(args, experiments, store, run_id)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: ResultStore, run_id: str) -> int:
+    from orchestrator import ray_backend
+
+    keys = {e.study: [trial_key(c) for c in e.trial_configs()] for e in experiments}
+    done = {e.study: pd.DataFrame() if args.fresh else store.finished(e.study, keys[e.study]) for e in experiments}
+    pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
+    if pending:
+        preflight(pending)  # bad input fails here, before any row (the run's spec included) is written
+    for exp in experiments:
+        store.write_spec(exp.study, run_id, _spec_frame(exp, keys[exp.study], done[exp.study], run_id, args.profile))
+        _say_other_versions(exp.study, done[exp.study])
     if not pending:  # every trial finished in an earlier run: no Ray to start
         print(f"every trial of {', '.join(e.study for e in experiments)} ({args.profile}) already finished in "
               f"{store.root}: nothing to run (--fresh reruns them)")
@@ -166,8 +209,6 @@ def _run(args: argparse.Namespace) -> int:
             study, text = _summary(exp, done[exp.study], 0)
             print(f"  {study:<8} {text}")
         return 0
-    preflight(pending)
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
     failed, summary = 0, []
     try:
@@ -176,9 +217,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
         for exp in experiments:
             started = time.perf_counter()
-            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done.get(exp.study),
+            trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done[exp.study],
                                                 fresh=args.fresh, storage=args.storage)
-            failed += int((trials["status"] != "TERMINATED").sum()) if len(trials) else 0
+            failed += int((trials["status"] != FINISHED).sum()) if len(trials) else 0
             summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:
         ray_backend.stop(session)
@@ -190,12 +231,31 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _spec_frame(exp: Experiment, keys: list[str], done: pd.DataFrame, run_id: str, profile: str) -> pd.DataFrame:
+    """One row per trial of this run's spec (the `runs` table)."""
+    kept = set(done["trial_key"]) if len(done) else set()
+    return pd.DataFrame({"run_id": run_id, "study": exp.study, "profile": profile, "trial_index": range(len(keys)),
+                         "trial_key": keys, "kept": [k in kept for k in keys], "code_version": code_version(),
+                         "started_at": time.time()})
+
+
+def _say_other_versions(study: str, done: pd.DataFrame) -> None:
+    """One line when kept trials were computed by another version of the code."""
+    if not len(done):
+        return
+    versions = done.drop_duplicates("trial_key").get("code_version", pd.Series("unknown", index=done.index))
+    other = versions.fillna("unknown")[versions.fillna("unknown") != code_version()]
+    if len(other):
+        print(f"[{study}] {len(other)} of {done['trial_key'].nunique()} kept trials were computed by another code version "
+              f"({', '.join(sorted(set(other)))}; this is {code_version()}): --fresh reruns them")
+
+
 def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
     """(study, one line): rows ok, the best value of the study's metric, time."""
     workload = WORKLOADS[exp.study]
     if not len(trials) or workload.metric not in trials:
         return exp.study, f"no results ({seconds:.0f} s)"
-    ok = trials[trials["status"] == "TERMINATED"]
+    ok = trials[trials["status"] == FINISHED]
     best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
     return exp.study, (f"{len(ok)}/{len(trials)} rows ok   best {workload.metric} ({workload.mode}) = {best:.4g}"
                        f"   {seconds:.0f} s")

@@ -22,10 +22,11 @@ from typing import Any, Callable
 import pandas as pd
 
 from orchestrator import ray_workers
+from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
 from orchestrator.results import ResultStore, StoreError, config_columns, report_frame
 from orchestrator.spec import Experiment, Scaling, trial_key
-from workloads.runtime import TABLE_KEY
+from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
 DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
@@ -33,7 +34,7 @@ _TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
-    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY,
+    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY, REPLAY_KEY,
 }
 
 
@@ -197,6 +198,9 @@ def run_experiment(
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our tables replace Tune's logs
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0: no boxes
+    # Ctrl-C raises KeyboardInterrupt at once (the CLI stops Ray and exits 130) instead of Tune's
+    # graceful stop, after which fit() returns as if done and the next study would start
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     all_configs = exp.trial_configs()
@@ -215,15 +219,23 @@ def run_experiment(
     rows = {i: _TrialRows() for i in range(len(configs))}
     written: list[pd.DataFrame] = []
 
+    version = code_version()
+
     def ids(index: int, trial_id: str) -> dict:
-        return {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index]}
+        # attempt: the name of the trial's files (its key; key-run_id under --fresh): the steps of a
+        # trial row are the steps of its attempt, across the runs that resumed it
+        return {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index],
+                "attempt": bases[index], "code_version": version}
 
     def on_result(index: int, metrics: dict, table: str, result: dict, trial_id: str) -> None:
         frame = report_frame(metrics)
         rows[index].wall_time_s = float(result.get("time_total_s", float("nan")))
         if table == "steps" and workload.step_key in frame and len(frame) == 1:
-            # one file per (trial, step): a step reported again (a retried epoch) replaces its file
+            # one file per (trial, step): a step reported again (a retried epoch) replaces its file;
+            # a replayed one (see ray_workers._TrainRuntime.restore) only fills in a missing file
             step = int(frame[workload.step_key].iloc[0])
+            if result.get(REPLAY_KEY) and store.exists(exp.study, "steps", f"{bases[index]}-{step:06d}"):
+                return
             store.write(exp.study, "steps", f"{bases[index]}-{step:06d}", frame.assign(**ids(index, trial_id)))
             shown = {k: frame[k].iloc[0] for k in (workload.metric, "loss", "loss_d", "loss_g") if k in frame}
             progress(f"[{exp.study}] {trial_id} {workload.step_key} {step}: "

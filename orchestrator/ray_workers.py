@@ -8,10 +8,14 @@ deprecated). Together with ray_backend.py, the only code that imports ray.tune /
 
 from __future__ import annotations
 
+import json
 import tempfile
+from pathlib import Path
 
 from orchestrator.spec import Scaling
-from workloads.runtime import TABLE_KEY, load_state, save_state, table_of
+from workloads.runtime import REPLAY_KEY, TABLE_KEY, load_state, save_state, table_of
+
+REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
 
 
 class _TuneRuntime:
@@ -65,6 +69,8 @@ class _TrainRuntime:
             return
         with tempfile.TemporaryDirectory() as tmp:  # Train copies it into the run's storage
             save_state(checkpoint, tmp)
+            # the epoch's row travels with its checkpoint: see restore()
+            (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def barrier(self) -> None:
@@ -80,7 +86,16 @@ class _TrainRuntime:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return load_state(directory)
+            state = load_state(directory)
+            replay = Path(directory) / REPORT_FILE
+            payload = json.loads(replay.read_text()) if replay.exists() else None
+        if payload is not None:
+            # Train registers a checkpoint before the driver writes that epoch's row: a driver killed
+            # in between would lose the row for good, since the resumed run starts after this epoch.
+            # So every rank reports it again (a collective; rank 0's is kept); the driver writes it
+            # only where that epoch's file is missing.
+            ray.train.report({**payload, REPLAY_KEY: True})
+        return state
 
     def prepare_model(self, model):
         import ray.train.torch

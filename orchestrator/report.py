@@ -10,24 +10,40 @@ import pandas as pd
 from orchestrator.results import ResultStore, StoreError
 
 
-def latest_run(trials: pd.DataFrame, run_id: str | None) -> pd.DataFrame:
-    if trials.empty:
-        raise StoreError("no trials recorded yet for this study")
-    if run_id is None:
-        run_id = sorted(trials["run_id"].unique())[-1]
-    picked = trials[trials["run_id"] == run_id]
-    if picked.empty:
-        known = ", ".join(sorted(trials["run_id"].unique()))
-        raise StoreError(f"no run {run_id!r} in this study; runs: {known}")
-    return picked
-
-
 def study_report(study: str, store: ResultStore, run_id: str | None = None) -> tuple[str, list[Path]]:
-    """(summary text, images) of one run of a study (default: its latest); writes the plots."""
-    trials = latest_run(store.read(study, "trials"), run_id)
+    """(summary text, images) of a study's current results (for each trial of its latest spec, the
+    latest finished rows, whichever run produced them), or of one run; writes the plots."""
+    trials, missing = store.current(study, run_id)
+    if trials.empty:
+        raise StoreError(f"no finished trial of {study}'s latest run spec yet ({missing} to run): "
+                         "run it, or pick a run with --run")
+    trials = trials.assign(attempt=trials["attempt"].fillna(trials["trial_key"]) if "attempt" in trials
+                           else trials["trial_key"])
     out_dir = store.root / study / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    return REPORTS[study](store, trials, out_dir)
+    text, images = REPORTS[study](store, trials, out_dir)
+    runs = sorted(trials["run_id"].unique())
+    where = (f"run {run_id}" if run_id else
+             f"current results: {trials['trial_key'].nunique()} trials from run{'s' if len(runs) > 1 else ''} "
+             f"{', '.join(runs)}" + (f"; {missing} trials of the latest spec not finished yet" if missing else ""))
+    return f"{study} ({where})\n{text}", images
+
+
+def steps_of(store: ResultStore, study: str, trials: pd.DataFrame) -> pd.DataFrame:
+    """The steps rows of these trial rows: those of the same attempt (its files, across resumed runs)."""
+    steps = store.read(study, "steps")
+    if steps.empty:
+        return steps
+    attempt = steps["attempt"].fillna(steps["trial_key"]) if "attempt" in steps else steps["trial_key"]
+    return steps[attempt.isin(set(trials["attempt"]))]
+
+
+def _label(trials: pd.DataFrame) -> str:
+    """A name for the plot files of these rows: one run id, or a digest of the set."""
+    import hashlib
+
+    runs = sorted(trials["run_id"].unique())
+    return runs[0] if len(runs) == 1 else "current-" + hashlib.sha1(",".join(sorted(trials["attempt"].unique())).encode()).hexdigest()[:8]
 
 
 # ---- minimax ------------------------------------------------------------------------------------
@@ -61,12 +77,12 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
 
     from workloads import minimax
 
-    run_id = trials["run_id"].iloc[0]
+    run_id = _label(trials)
     first = trials.iloc[0]
     cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
     algorithms = [a for a in minimax.ALGORITHMS if a in set(trials["algorithm"])]
     lines = [
-        f"minimax, run {run_id}: f = {cfg.a:g} x^2 {cfg.b:+g} xy {cfg.c:+g} y^2, saddle {cfg.saddle()}, "
+        f"f = {cfg.a:g} x^2 {cfg.b:+g} xy {cfg.c:+g} y^2, saddle {cfg.saddle()}, "
         f"start ({first['x0']:g}, {first['y0']:g}), T = {int(first['steps'])}",
         f"{'algorithm':<14} {'stable lrs on the grid (measured)':<40} stable lrs (analytic, rho < 1)",
     ]
@@ -100,8 +116,7 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
     plt.close(fig)
 
     # distance vs step for a few learning rates per algorithm
-    steps = store.read("minimax", "steps")
-    steps = steps[steps["run_id"] == run_id]
+    steps = steps_of(store, "minimax", trials)
     fig, axes = plt.subplots(1, len(algorithms), figsize=(3.2 * len(algorithms), 3.2), sharey=True, squeeze=False)
     for ax, algorithm in zip(axes[0], algorithms):
         sub = steps[steps["algorithm"] == algorithm]
@@ -138,9 +153,8 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_id = trials["run_id"].iloc[0]
-    steps = store.read("gan", "steps")
-    steps = steps[steps["trial_key"].isin(trials["trial_key"])].sort_values("epoch")
+    run_id = _label(trials)
+    steps = steps_of(store, "gan", trials).sort_values("epoch")
     fig, (ax_loss, ax_fid) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, curve in steps.groupby("trial_key"):
         label = f"lr={trials.loc[trials['trial_key'] == key, 'lr'].iloc[0]:g}"
@@ -156,7 +170,7 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
     path = out_dir / f"curves-{run_id}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    lines = [f"gan, run {run_id}:", _table(trials, ["trial_key", "lr", "beta1", "epochs_done", "fid", "class_coverage",
+    lines = [_table(trials, ["trial_key", "lr", "beta1", "epochs_done", "fid", "class_coverage",
                                                     "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s"])]
     images = [path]
     for generator in trials.get("generator_path", pd.Series(dtype=str)).dropna():
@@ -172,15 +186,15 @@ CLIP_COLUMNS = ["pair", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_median_rank", "i2t_r
 
 
 def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
-    run_id = trials["run_id"].iloc[0]
     n = int(trials["test_images"].max()) if "test_images" in trials else 0
     chance = f"chance on {n} test images: R@1 {1 / n:.3g}, R@5 {5 / n:.3g}, R@10 {10 / n:.3g}" if n else ""
-    lines = [f"clip, run {run_id}: text->image (t2i) and image->text (i2t) retrieval on the test split", chance,
+    lines = ["text->image (t2i) and image->text (i2t) retrieval on the test split", chance,
              _table(trials, CLIP_COLUMNS)]
     prompts = store.read("clip", "prompts")
     grids = []
     if len(prompts):
-        prompts = prompts[prompts["trial_key"].isin(trials["trial_key"])]
+        attempt = prompts["attempt"].fillna(prompts["trial_key"]) if "attempt" in prompts else prompts["trial_key"]
+        prompts = prompts[attempt.isin(set(trials["attempt"]))]
         grids = [Path(g) for g in sorted(prompts["grid"].unique())]
         lines += [f"prompt grid: {g}" for g in grids]
     return "\n".join(lines), grids

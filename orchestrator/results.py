@@ -20,11 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workloads.common import atomic_path
+from workloads.common import TMP_MARK, atomic_path
 
 FORMAT_VERSION = 1  # bump when the table layout changes incompatibly
 MARKER = "orchestrator-results.json"
 TABLES = ("trials", "steps")
+FINISHED = "TERMINATED"  # the status of a trial that ran to its end
 
 
 class StoreError(RuntimeError):
@@ -111,18 +112,59 @@ class ResultStore:
             raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
         return path
 
+    def exists(self, study: str, table: str, name: str) -> bool:
+        return (self.table_dir(study, table) / f"{name}.parquet").exists()
+
     def finished(self, study: str, keys: list[str]) -> pd.DataFrame:
-        """Trial rows among `keys` that finished in an earlier run (each from its latest run)."""
-        table = self.read(study, "trials")
-        if table.empty or "trial_key" not in table:
-            return pd.DataFrame()
-        done = table[table["trial_key"].isin(keys) & (table["status"] == "TERMINATED")]
-        latest = done.groupby("trial_key")["run_id"].transform("max")
-        return done[done["run_id"] == latest].reset_index(drop=True)
+        """Trial rows among `keys` that finished in an earlier run, each trial's from its latest
+        finished run (a trial may have many rows: minimax writes one per learning rate)."""
+        return latest_finished(self.read(study, "trials"), keys)
+
+    def current(self, study: str, run_id: str | None = None) -> tuple[pd.DataFrame, int]:
+        """(rows, trials missing): by default the study's current results, i.e. for each trial of
+        the spec of its latest `run`, its latest finished rows, whichever run produced them; with
+        `run_id`, that run's rows alone (missing 0)."""
+        trials = self.read(study, "trials")
+        if trials.empty:
+            raise StoreError(f"no trials recorded yet for {study} in {self.root}")
+        if run_id is not None:
+            picked = trials[trials["run_id"] == run_id]
+            if picked.empty:
+                raise StoreError(f"no run {run_id!r} in {study}; runs: {', '.join(sorted(trials['run_id'].unique()))}")
+            return picked.reset_index(drop=True), 0
+        specs = self.read(study, "runs")
+        if specs.empty:  # results written before run specs were recorded: every trial ever finished
+            keys = list(trials["trial_key"].unique())
+        else:
+            keys = list(specs.loc[specs["run_id"] == specs["run_id"].max(), "trial_key"])
+        rows = latest_finished(trials, keys)
+        return rows, len(set(keys) - set(rows["trial_key"] if len(rows) else ()))
+
+    def write_spec(self, study: str, run_id: str, frame: pd.DataFrame) -> None:
+        """The trials this run's spec asks for (the `runs` table): what `report` calls current."""
+        self.write(study, "runs", run_id, frame)
+
+    def sweep_temporaries(self) -> int:
+        """Remove temporary files that killed writers left behind (hidden, so no reader ever saw
+        them). Only for the holder of the results directory's lock: no other writer is running."""
+        removed = 0
+        for tmp in self.root.glob(f"*/*.parquet/.*{TMP_MARK}*"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def read(self, study: str, table: str) -> pd.DataFrame:
         """Every part of a table, schemas unified (a column missing from a part reads as null)."""
         return read_table(self.table_dir(study, table))
+
+
+def latest_finished(table: pd.DataFrame, keys) -> pd.DataFrame:
+    """Rows of finished trials among `keys`, each trial's from its latest finished run."""
+    if table.empty or "trial_key" not in table:
+        return pd.DataFrame()
+    done = table[table["trial_key"].isin(list(keys)) & (table["status"] == FINISHED)]
+    latest = done.groupby("trial_key")["run_id"].transform("max")
+    return done[done["run_id"] == latest].reset_index(drop=True)
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

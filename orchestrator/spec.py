@@ -16,9 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+# Fields that say where things are on this machine, not what the trial computes: moving the data
+# folder or the cache must not change a trial's identity (nor break resume).
+LOCAL_FIELDS = ("data_dir", "cache_dir")
+
+
 def trial_key(config: Any) -> str:
-    """A trial's identity: a digest of its full config (same config, same key, on every run)."""
-    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    """A trial's identity: a digest of its config without machine-local paths (same config, same key,
+    on every run and every machine). The code version is not part of it: rows record it instead."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in LOCAL_FIELDS}
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

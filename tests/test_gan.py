@@ -85,21 +85,20 @@ def test_fid_separates_real_from_noise(data_dir, cache_dir):
 
 
 def _kill_a_train_worker_after_epoch_1(steps_dir, killed: list, timeout_s: float = 300) -> None:
-    """Wait for epoch 1's row, then SIGKILL one live Ray Train worker process (it is in epoch 2)."""
+    """Wait for epoch 1's row, then SIGKILL one live Ray Train worker process (it is in epoch 2).
+    Only this test session's workers: descendants of this process, which started the session's Ray."""
     import os
     import signal
     import time
 
-    import psutil
+    from tests.chaos import train_workers
 
     deadline = time.time() + timeout_s
     while time.time() < deadline and not (steps_dir.exists() and any(steps_dir.glob("*.parquet"))):
         time.sleep(0.2)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-            os.kill(proc.info["pid"], signal.SIGKILL)
-            killed.append(proc.info["pid"])
-            return
+    for pid in train_workers(os.getpid())[:1]:
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
 
 
 @pytest.fixture(scope="module")

@@ -47,3 +47,70 @@ def test_killed_run_resumes_from_its_checkpoint(data_dir, gan_cache, tmp_path):
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert third.returncode == 0 and "nothing to run" in third.stdout
     assert len(pd.read_parquet(results / "gan" / "trials.parquet")) == 1
+
+
+def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_all(ray_session, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    args = ["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=300", "--set", "steps=100",
+            "--set", "algorithms=gda,gd"]  # 2 algorithms x 3 chunks of 100 lrs: 6 trials of 100 rows
+    assert main(args) == 0
+    table = tmp_path / "minimax" / "trials.parquet"
+    parts = sorted(table.glob("*.parquet"))
+    assert len(parts) == 6
+    for part in parts[1:]:  # as if the run had been killed after its first trial: 100 rows, 1 trial
+        part.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1/6 trials already finished" in out and "nothing to run" not in out
+    trials = pd.read_parquet(table)
+    assert len(trials) == 600 and trials["run_id"].nunique() == 2 and not trials.duplicated(["algorithm", "lr"]).any()
+
+    assert main(["report", "minimax", "--results", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    first, second = sorted(trials["run_id"].unique())
+    assert f"6 trials from runs {first}, {second}" in text  # the kept trial and the 5 the second run ran
+    assert "gda            [0.001, 0.2" in text  # the whole grid: (0, 0.25) measured on every chunk
+    assert main(["report", "minimax", "--results", str(tmp_path), "--run", second]) == 0
+    assert f"(run {second})" in capsys.readouterr().out
+
+
+def test_checkpointed_epoch_whose_row_was_never_written_is_recovered(ray_session, data_dir, gan_cache, tmp_path, capsys):
+    """The driver killed after Train registered the last epoch's checkpoint but before it wrote that
+    epoch's row and the trial row: the rerun restores the finished run, replays the row, and the
+    trial row carries the last epoch's metrics (not an empty row)."""
+    from orchestrator.cli import main
+    from orchestrator.results import read_table
+
+    args = ["run", "gan", "--results", str(tmp_path), "--data-dir", data_dir, "--no-dashboard",
+            "--set", f"cache_dir={gan_cache}", "--set", "train_images=128", "--set", "epochs=2",
+            "--set", "sample_epochs=2", "--set", "fid_images=100", "--set", "num_workers=1"]
+    assert main(args) == 0
+    steps_dir, trials_dir = tmp_path / "gan" / "steps.parquet", tmp_path / "gan" / "trials.parquet"
+    before = read_table(steps_dir).set_index("epoch")  # parts differ in columns (fid at sample epochs only)
+    (last,) = [p for p in steps_dir.glob("*.parquet") if p.stem.endswith("000002")]
+    last.unlink()
+    for part in trials_dir.glob("*.parquet"):
+        part.unlink()
+    assert main(args) == 0
+    steps = read_table(steps_dir).set_index("epoch")
+    assert sorted(steps.index) == [1, 2] and steps.loc[2, "fid"] == before.loc[2, "fid"]  # the replayed row
+    (row,) = pd.read_parquet(trials_dir).to_dict("records")
+    assert row["status"] == "TERMINATED" and row["resumed_from_epoch"] == 2
+    assert row["fid"] == before.loc[2, "fid"] and row["loss_d"] == before.loc[2, "loss_d"]
+    assert row["code_version"] and row["attempt"] == row["trial_key"]
+
+
+def test_kept_trials_of_another_code_version_are_named(ray_session, tmp_path, capsys, monkeypatch):
+    from orchestrator import cli
+
+    args = ["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=20", "--set", "steps=50"]
+    assert cli.main(args) == 0
+    assert set(pd.read_parquet(tmp_path / "minimax" / "trials.parquet")["code_version"]) == {cli.code_version()}
+    monkeypatch.setattr(cli, "code_version", lambda: "0123456789ab")
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "5 of 5 kept trials were computed by another code version" in out and "--fresh reruns them" in out
+    assert out.count("another code version") == 1  # one line per study

@@ -89,3 +89,15 @@ def test_data_and_cache_dirs_become_absolute_in_the_driver(monkeypatch, tmp_path
         assert exp.config.cache_dir == str(tmp_path / "cache")
     (gan,) = resolve("gan", "local", ["data_dir=rel"], None)
     assert gan.config.data_dir == str(tmp_path / "rel")
+
+
+def test_trial_identity_ignores_machine_local_paths():
+    import dataclasses
+
+    from orchestrator.experiments import EXPERIMENTS
+    from orchestrator.spec import trial_key
+
+    cfg = EXPERIMENTS["gan"]["local"].config
+    moved = dataclasses.replace(cfg, data_dir="/elsewhere/data", cache_dir="/mnt/shared/cache")
+    assert trial_key(moved) == trial_key(cfg)
+    assert trial_key(dataclasses.replace(cfg, lr=cfg.lr * 2)) != trial_key(cfg)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import socket
 from pathlib import Path
 
 DATA_ENV = "ORCHESTRATOR_DATA_DIR"  # the folder holding FashionMNIST/ and flickr8k_subset/
 CACHE_ENV = "ORCHESTRATOR_CACHE_DIR"  # where extracted data and cached models go
+TMP_MARK = ".tmp"  # in the name of every temporary file atomic_path writes (hidden: it starts with ".")
 
 
 def data_root(configured: str) -> Path | None:
@@ -27,9 +30,10 @@ def cache_root(configured: str = "") -> Path:
 def atomic_path(path: str | os.PathLike):
     """A hidden temporary sibling of `path` to write to, renamed onto `path` when the block succeeds
     (removed when it fails): readers, concurrent writers and killed runs see the old file or the whole
-    new one, never a torn one. The suffix is kept, so writers that infer a format from it still work."""
+    new one, never a torn one. The suffix is kept, so writers that infer a format from it still work.
+    The temporary name is unique across hosts (two nodes on one EFS can share a PID)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}{TMP_MARK}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from workloads.common import atomic_path
 
 TABLE_KEY = "_table"  # carried inside the metrics dict, so it survives Ray's report plumbing
+REPLAY_KEY = "_replayed"  # marks a checkpointed epoch's row reported again after a restore
 STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
 
 

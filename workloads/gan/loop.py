@@ -59,7 +59,7 @@ def train_loop(config: Config, runtime) -> None:
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     bce = nn.BCEWithLogitsLoss()
 
-    start_epoch, step = 1, 0
+    start_epoch, step, last = 1, 0, {}
     state = runtime.restore()
     if state is not None:  # resume after a failure: the next epoch after the last checkpoint
         unwrap(g).load_state_dict(state["generator"])
@@ -68,6 +68,7 @@ def train_loop(config: Config, runtime) -> None:
         opt_d.load_state_dict(state["opt_d"])
         torch.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"] + 1, state["step"]
+        last = dict(state.get("metrics", {}))  # a run resumed after its last epoch still has its final metrics
 
     out_dir = Path(runtime.artifact_dir)
     writer = scorer = None
@@ -78,7 +79,6 @@ def train_loop(config: Config, runtime) -> None:
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step + 1 if step else None)
         scorer = quality.Scorer(config.data_dir, config.cache_dir, config.fid_images)
     score_epochs = set(config.sample_epochs) | {config.epochs}
-    last: dict = {}
     started = time.perf_counter()
 
     for epoch in range(start_epoch, config.epochs + 1):
@@ -136,7 +136,7 @@ def train_loop(config: Config, runtime) -> None:
             checkpoint = {
                 "generator": unwrap(g).state_dict(), "discriminator": unwrap(d).state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "epoch": epoch, "step": step, "rng": torch.get_rng_state(),
+                "epoch": epoch, "step": step, "rng": torch.get_rng_state(), "metrics": metrics,
             }
         runtime.report(metrics, checkpoint=checkpoint)
         last = metrics
