@@ -26,7 +26,9 @@ from orchestrator.runlock import LockHeld, RunLock
 from orchestrator.spec import Experiment, SpecError, split_overrides, trial_key
 from workloads.common import CACHE_ENV, DATA_ENV
 
-DEFAULT_RESULTS = "results"
+DEBUG_ENV = "ORCHESTRATOR_DEBUG"  # "1": unexpected errors show their traceback instead of one line
+RESULTS_ENV = "ORCHESTRATOR_RESULTS"  # the default results directory (cluster.yaml: the shared storage)
+DEFAULT_RESULTS = os.environ.get(RESULTS_ENV) or "results"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", metavar="STUDY", help=f"one of: {', '.join(studies())}, or 'all'")
     run.add_argument("--profile", choices=PROFILES, default="local",
                      help="local: small embedded default for a laptop (default); paper: the study's full settings")
-    run.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
+    run.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting: FIELD=VALUE for one study, STUDY.FIELD=VALUE under 'all'; "
                      "repeatable; see `list` for the fields")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Without: write <results>/report.html, one self-contained page for every study.")
     report.add_argument("study", metavar="STUDY", nargs="?", default=None,
                         help=f"one of: {', '.join(studies())} (default: all, as HTML)")
-    report.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
+    report.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
     report.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="which run (default: the latest)")
 
     generate = sub.add_parser("generate", help="write a grid of new samples from a trained GAN generator",
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=64, help="number of samples (default: 64, an 8x8 grid)")
     generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     generate.add_argument("--out", default=None, metavar="FILE", help="PNG to write (default: <results>/gan/generated.png)")
-    generate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help="results directory (default: results)")
+    generate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
 
     check = sub.add_parser("validate-cluster", help="check a `ray up` cluster config offline",
                            description="Validate a cluster config with Ray's own schema and preparation steps "
@@ -105,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _interrupted() -> int:
+    print("interrupted: finished trials and epochs are saved; run the same command again to resume", file=sys.stderr)
+    return 130
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "list":
@@ -114,17 +121,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "validate-cluster":
-            from orchestrator.cluster import validate_cluster
+            from orchestrator.cluster import placeholders, validate_cluster
 
             raw = validate_cluster(args.file)
             print(f"{args.file}: valid ({len(raw.get('available_node_types', {}))} node types, head {raw['head_node_type']})")
+            if placeholders(raw):
+                print(f"  before `ray up`, replace: {', '.join(placeholders(raw))} (see the file's header)")
             return 0
         return _run(args)
     except KeyboardInterrupt:
-        print("interrupted: finished trials and epochs are saved; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        return _interrupted()
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM:  # SIGTERM while ray.init had its own handler in place (sys.exit(15))
+            return _interrupted()
+        raise
     except (SpecError, StoreError, FileNotFoundError) as exc:
+        if os.environ.get(DEBUG_ENV) and not isinstance(exc, SpecError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # BackendError and friends: still one line, never a traceback wall
@@ -165,20 +178,33 @@ def _absolute_dirs(config):
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def preflight(experiments: list[Experiment]) -> None:
-    """Workload checks (data present, caches built) before Ray starts; failures are one line."""
+ON_CLUSTER_HINT = ("; on a cluster, put it on the shared storage every node reads, e.g. "
+                   "`ray rsync-up cluster.yaml ../shared/data/ /mnt/shared/data/`")
+
+
+def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
+    """Workload checks (data present, caches built, encoders and tokenizers available offline) of
+    every trial's config, before Ray starts; failures are one line. Trials that differ only in
+    what the check does not read (e.g. a learning rate) are checked once per distinct config."""
     for exp in experiments:
-        try:
-            WORKLOADS[exp.study].check(exp.config)
-        except (OSError, ValueError) as exc:
-            raise SpecError(f"{exp.study}: {exc}") from None
+        seen = set()
+        for config in exp.trial_configs():
+            if trial_key(config) in seen:
+                continue
+            seen.add(trial_key(config))
+            try:
+                WORKLOADS[exp.study].check(config)
+            except (OSError, ValueError) as exc:
+                hint = ON_CLUSTER_HINT if on_cluster and isinstance(exc, FileNotFoundError) else ""
+                raise SpecError(f"{exp.study}: {str(exc).rstrip('.')}{hint}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
     experiments = resolve(args.study, args.profile, args.overrides, args.data_dir)
     store = ResultStore(args.results)
     store.open_for_writing()
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    # UTC: run ids order runs in time (report and resume pick the latest), whatever host started them
+    run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
     lock = RunLock(store.root, run_id)
     try:
         lock.acquire()
@@ -198,7 +224,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     done = {e.study: pd.DataFrame() if args.fresh else store.finished(e.study, keys[e.study]) for e in experiments}
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
-        preflight(pending)  # bad input fails here, before any row (the run's spec included) is written
+        preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here, before any row (the run's spec included) is written
     for exp in experiments:
         store.write_spec(exp.study, run_id, _spec_frame(exp, keys[exp.study], done[exp.study], run_id, args.profile))
         _say_other_versions(exp.study, done[exp.study])
@@ -209,7 +235,10 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             study, text = _summary(exp, done[exp.study], 0)
             print(f"  {study:<8} {text}")
         return 0
+    handler = signal.getsignal(signal.SIGTERM)
     session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
+    if handler is _terminate:
+        signal.signal(signal.SIGTERM, _terminate)  # ray.init replaced ours with a bare sys.exit
     failed, summary = 0, []
     try:
         if session.dashboard_url:
@@ -218,7 +247,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
         for exp in experiments:
             started = time.perf_counter()
             trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done[exp.study],
-                                                fresh=args.fresh, storage=args.storage)
+                                                fresh=args.fresh, storage=args.storage, joined=session.joined)
             failed += int((trials["status"] != FINISHED).sum()) if len(trials) else 0
             summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:

@@ -47,11 +47,51 @@ def validate_cluster(path: str | os.PathLike) -> dict:
         for item in raw.get(section) or []:
             if not isinstance(item, str):  # an unquoted ': ' turned a command into a mapping
                 raise SpecError(f"{path}: {section}: {item!r} is not a command string (quote it or use >-)")
-    ports = [(p.get("FromPort"), p.get("ToPort"))
-             for p in raw.get("provider", {}).get("security_group", {}).get("IpPermissions", [])]
-    if any(port != (22, 22) for port in ports):
-        raise SpecError(f"{path}: provider.security_group opens {ports}: only SSH (22) may face the internet")
-    head = " ".join(raw.get("head_start_ray_commands") or [])
-    if "--head" in head and "--dashboard-host=127.0.0.1" not in head:
-        raise SpecError(f"{path}: the head's `ray start` must bind the dashboard to 127.0.0.1 (--dashboard-host=127.0.0.1)")
+    _project_rules(path, raw)
     return raw
+
+
+PINS = "cluster-constraints.txt"  # what the nodes install torch from (pinned to the AMI's driver)
+
+
+def _project_rules(path: Path, raw: dict) -> None:
+    """What this project promises about its cluster, checked where Ray honours it."""
+    provider, types = raw.get("provider", {}), raw.get("available_node_types", {})
+    if provider.get("security_group"):  # Ray's AWS launcher adds SSH from 0.0.0.0/0 to groups it creates
+        raise SpecError(f"{path}: provider.security_group: Ray's AWS launcher opens SSH (22) to 0.0.0.0/0 on a group it "
+                        "creates, whatever IpPermissions say; create your own group and set SecurityGroupIds per node type")
+    if provider.get("type") == "aws":
+        for name, spec in types.items():
+            if not (spec.get("node_config") or {}).get("SecurityGroupIds"):
+                raise SpecError(f"{path}: {name}: node_config.SecurityGroupIds is missing: without it Ray creates a group "
+                                "with SSH open to 0.0.0.0/0")
+    head_start = " ".join(raw.get("head_start_ray_commands") or [])
+    if "--head" in head_start and "--dashboard-host=127.0.0.1" not in head_start:
+        raise SpecError(f"{path}: the head's `ray start` must bind the dashboard to 127.0.0.1 (--dashboard-host=127.0.0.1)")
+    starts = {"head_start_ray_commands": head_start, "worker_start_ray_commands": " ".join(raw.get("worker_start_ray_commands") or [])}
+    for section, text in starts.items():
+        if "ray start" in text and "RAY_AUTH_MODE=token" not in text:
+            raise SpecError(f"{path}: {section}: start Ray with RAY_AUTH_MODE=token (token auth on every node)")
+    if "ray start" in head_start and not any("get-auth-token --generate" in c for c in raw.get("head_setup_commands") or []):
+        raise SpecError(f"{path}: head_setup_commands must create the token (ray get-auth-token --generate): "
+                        "`ray start --head` enables auth only when a token exists")
+    if types and not any(str(p).endswith(".ray/auth_token") for p in raw.get("cluster_synced_files") or []):
+        raise SpecError(f"{path}: cluster_synced_files must carry the head's ~/.ray/auth_token to the workers")
+    installs = [c for c in raw.get("setup_commands") or [] if "pip install" in c and ".[aws]" in c]
+    if installs and not all(f"-c {PINS}" in c for c in installs):
+        raise SpecError(f"{path}: setup_commands install the project without `-c {PINS}` (torch pinned to the AMI's driver)")
+    for name, spec in types.items():
+        if (spec.get("resources") or {}).get("GPU") and not any(
+                "cuda.is_available" in c for c in spec.get("worker_setup_commands") or []):
+            raise SpecError(f"{path}: {name}: a GPU node type needs a worker_setup_commands check that torch can use its GPU")
+        if name != raw.get("head_node_type") and (spec.get("resources") or {}).get("train_driver"):
+            raise SpecError(f"{path}: {name}: the train_driver resource belongs on the head only (drivers on a safe node)")
+    if types and not any(not (t.get("resources") or {}).get("GPU") for n, t in types.items() if n != raw.get("head_node_type")):
+        raise SpecError(f"{path}: no CPU worker type: single-process trials would make the autoscaler start GPU nodes")
+
+
+def placeholders(raw: dict) -> list[str]:
+    """Values the user must replace before `ray up` (the shipped file validates with them in place)."""
+    import re
+
+    return sorted(set(re.findall(r"\b(?:sg|fs)-REPLACE_ME\b", json.dumps(raw))))

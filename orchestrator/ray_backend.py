@@ -21,15 +21,16 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from orchestrator import ray_workers
+from orchestrator import ray_cluster, ray_workers
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
-from orchestrator.results import ResultStore, StoreError, config_columns, report_frame
+from orchestrator.results import FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
 from orchestrator.spec import Experiment, Scaling, trial_key
 from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
 DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
+CPU_FALLBACK_ENV = "ORCHESTRATOR_ALLOW_CPU_FALLBACK"  # "1": GPU nodes without CUDA train on CPU (gloo), rows say so
 _TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
@@ -39,6 +40,7 @@ _TUNE_KEYS = {
 
 
 _FAILED: dict[str, Exception] = {}  # experiment key -> the write error that stops it (see StopOnFailure)
+_WATCHERS: dict = {}  # experiment key -> its ray_cluster.Watcher, told of every result
 
 
 class BackendError(RuntimeError):
@@ -49,6 +51,13 @@ class BackendError(RuntimeError):
 class Session:
     owned: bool  # True when this process started Ray (and so stops it)
     dashboard_url: str | None
+    joined: bool = False  # True when running on a cluster started elsewhere (it may autoscale)
+
+
+ADDRESS_ENV = "RAY_ADDRESS"  # set by Ray in a job's entrypoint (ray job submit), and by users
+CLIENT_REFUSED = ("Ray Client addresses (ray://) are not supported: under Ray Client, Tune runs on the cluster and "
+                  "its results never reach this process. Submit the run as a Ray job instead: ray job submit "
+                  "--address http://HEAD:8265 --working-dir . -- python -m orchestrator run ...")
 
 
 def init_kwargs(dashboard: bool = True) -> dict[str, Any]:
@@ -63,16 +72,21 @@ def init_kwargs(dashboard: bool = True) -> dict[str, Any]:
 
 
 def start(address: str | None = None, dashboard: bool = True) -> Session:
+    """Join `address`, else the cluster named by $RAY_ADDRESS (as Ray's own tools do: inside a Ray
+    job it names the job's cluster), else start a local Ray."""
     import ray
 
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address and address.startswith("ray://"):
+        raise BackendError(CLIENT_REFUSED)
     if address and address != "auto":
         _check_reachable(address)
     if ray.is_initialized():  # tests, notebooks: reuse the caller's Ray
-        return Session(owned=False, dashboard_url=None)
+        return Session(owned=False, dashboard_url=None, joined=bool(address))
     # Train's controller polls workers every 2 s by default, which adds ~6 s to every run's end
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # polling 5x a second costs ~nothing
     try:
-        if address:
+        if address:  # an existing cluster: its resources are its own (no num_cpus/resources here)
             context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             context = ray.init(**init_kwargs(dashboard))
@@ -80,7 +94,7 @@ def start(address: str | None = None, dashboard: bool = True) -> Session:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise BackendError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
     url = getattr(context, "dashboard_url", None)
-    return Session(owned=True, dashboard_url=f"http://{url}" if url else None)
+    return Session(owned=True, dashboard_url=f"http://{url}" if url else None, joined=bool(address))
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -90,7 +104,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise BackendError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+        raise BackendError(f"--address {address!r}: expected HOST:PORT or auto")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
@@ -104,23 +118,47 @@ def stop(session: Session) -> None:
         ray.shutdown()
 
 
-def _max_concurrent(scaling: Scaling) -> int:
-    """How many trials the cluster holds at once, from its resources (so Train runs never starve)."""
-    import ray
+def worker_resources(scaling: Scaling) -> dict[str, float]:
+    """What one Train worker (or one single-process trial) asks of a node."""
+    return {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+
+
+def _need_text(scaling: Scaling) -> str:
+    return (f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU"
+            f"{f' + {scaling.gpus_per_worker:g} GPU' if scaling.use_gpu else ''}")
+
+
+def _max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -> int | None:
+    """How many Train trials to run at once so that they never starve each other: what the cluster
+    can hold at its largest (autoscaling: its node types and max_workers), else what it holds now.
+    None: unknown (an autoscaler whose config cannot be read): trials queue for nodes."""
+    from orchestrator import ray_cluster
 
     if scaling.max_concurrent_trials:
         return scaling.max_concurrent_trials
-    resources = ray.cluster_resources()
-    fits = int(resources.get("CPU", 1) // (scaling.num_workers * scaling.cpus_per_worker))
-    if scaling.use_gpu:
-        fits = min(fits, int(resources.get("GPU", 0) // scaling.num_workers))
-    if fits < 1:
-        raise BackendError(
-            f"one trial needs {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU"
-            f"{' + 1 GPU' if scaling.use_gpu else ''}; the cluster has {resources.get('CPU', 0):g} CPU, "
-            f"{resources.get('GPU', 0):g} GPU: lower num_workers / cpus_per_worker or add nodes"
-        )
-    return fits
+    need = worker_resources(scaling)
+    known = ray_cluster.cluster_node_types(joined)
+    if known is not None:
+        types, max_workers = known
+        fits = ray_cluster.max_worker_slots(types, max_workers, need) // scaling.num_workers
+        if fits < 1:
+            shapes = "; ".join(f"{t.name}: " + ", ".join(f"{v:g} {k}" for k, v in t.resources.items()) for t in types)
+            raise BackendError(f"one trial needs {_need_text(scaling)}, and no node type of this cluster can ever "
+                               f"provide that ({shapes}; max_workers {max_workers}): lower num_workers / cpus_per_worker "
+                               "or add a node type")
+        return fits
+    fits = ray_cluster.slots_now(need) // scaling.num_workers
+    if fits >= 1:
+        return fits
+    resources = __import__("ray").cluster_resources()
+    if joined:  # the cluster may grow (an autoscaler we cannot see into): let trials queue, and say so
+        say(f"the cluster cannot hold one trial yet ({_need_text(scaling)}; it has {resources.get('CPU', 0):g} CPU, "
+            f"{resources.get('GPU', 0):g} GPU now): trials wait for nodes (max_wait_s={scaling.max_wait_s:g})")
+        return None
+    raise BackendError(
+        f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
+        f"{resources.get('GPU', 0):g} GPU: lower num_workers / cpus_per_worker, or join a cluster with --address"
+    )
 
 
 # ---- the driver side -----------------------------------------------------------------------------
@@ -145,16 +183,16 @@ def _collector_classes():
                     self.failure = _FAILED[self.key] = exc
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            _progress(self.key)
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
             self._guard(self.on_result, trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result,
                         trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._guard(self.on_end, trial.config["trial"], trial.trial_id, "TERMINATED", None)
+            self._guard(self.on_end, trial.config["trial"], trial.trial_id, FINISHED, None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = getattr(trial, "error_message", None) or "trial failed"
-            self._guard(self.on_end, trial.config["trial"], trial.trial_id, "ERROR", str(error).strip().splitlines()[-1])
+            self._guard(self.on_end, trial.config["trial"], trial.trial_id, "ERROR", _trial_error(trial))
 
     class StopOnFailure(tune.stopper.Stopper):
         """Stops every trial once the collector failed. Holds only a key into _FAILED: Tune pickles
@@ -170,6 +208,36 @@ def _collector_classes():
             return self.key in _FAILED
 
     return Collector, StopOnFailure
+
+
+def _progress(key: str) -> None:
+    """Tell the experiment's watcher that a trial reported. A module-level function: Tune pickles
+    the collector (a local class, so by value, with the globals its methods name); this is
+    pickled by reference, and _WATCHERS (whose watchers hold threads) never travels."""
+    watcher = _WATCHERS.get(key)
+    if watcher is not None:
+        watcher.progress()
+
+
+def _say(line: str) -> None:
+    print(line)
+
+
+def _trial_error(trial) -> str:
+    """The real cause of a failed trial, one line (e.g. the NCCL error of a Train worker), from the
+    exception Tune pickled next to the trial, else the last line of its error text."""
+    import cloudpickle
+
+    try:
+        if trial.pickled_error_file and os.path.exists(trial.pickled_error_file):
+            with open(trial.pickled_error_file, "rb") as fh:
+                return ray_workers.root_cause(cloudpickle.load(fh))
+        if trial.error_file and os.path.exists(trial.error_file):
+            lines = [line for line in open(trial.error_file).read().splitlines() if line.strip()]
+            return lines[-1].strip() if lines else "trial failed"
+    except Exception as exc:  # an unreadable error must not hide that the trial failed
+        return f"trial failed (its error could not be read: {type(exc).__name__})"
+    return "trial failed"
 
 
 @dataclass
@@ -190,12 +258,16 @@ def run_experiment(
     done_before: pd.DataFrame | None = None,
     fresh: bool = False,
     storage: str | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
+    joined: bool = False,
 ) -> pd.DataFrame:
     """Run every trial of `exp` except those in `done_before` (the caller's store.finished rows; none
     with `fresh`); write rows as they arrive; return this run's trial rows and the kept ones."""
     from ray import tune
 
+    progress = progress or _say  # never `print` itself: Tune pickles the callbacks (closures over it), and
+    # Ray may replace builtins.print (tqdm_ray), after which the original no longer pickles by reference
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our tables replace Tune's logs
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0: no boxes
     # Ctrl-C raises KeyboardInterrupt at once (the CLI stops Ray and exits 130) instead of Tune's
@@ -245,6 +317,8 @@ def run_experiment(
 
     def on_end(index: int, trial_id: str, status: str, error: str | None) -> None:
         got = rows.pop(index, None) or _TrialRows()
+        if status == FINISHED and "trials" not in got.tables:  # stopped by us, before its final report
+            status, error = STOPPED, error or "stopped before its final report (the run was stopped)"
         cfg = config_columns(dataclasses.asdict(configs[index]), workload.row_exclude)
         for table in sorted(set(got.tables) - {"trials"}):  # steps and any extra tables, before the trial row
             frame = got.frame(table)
@@ -264,13 +338,17 @@ def run_experiment(
 
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
+    say = lambda line: progress(f"[{exp.study}] {line}")  # noqa: E731
     if workload.distributed:
+        # read here, in the CLI's process: actors on a cluster do not inherit its environment
+        fallback = os.environ.get(CPU_FALLBACK_ENV, "") == "1"
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
-                                 names=[f"{exp.study}-{b}" for b in bases], scaling=exp.scaling, storage=storage),
+                                 names=[f"{exp.study}-{b}" for b in bases], scaling=exp.scaling, storage=storage,
+                                 allow_cpu_fallback=fallback),
             {"cpu": 0, DRIVER_RESOURCE: 1},  # the driver only waits on its TorchTrainer's workers
         )
-        concurrent = _max_concurrent(exp.scaling)
+        concurrent = _max_concurrent(exp.scaling, joined, say)
     else:
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
@@ -280,6 +358,10 @@ def run_experiment(
     collector_cls, stopper_cls = _collector_classes()
     collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end)
     stopper = stopper_cls(collector.key)
+    types = ray_cluster.cluster_node_types(joined)
+    watcher = ray_cluster.Watcher(say, exp.scaling.max_wait_s, types[0] if types else None,
+                                  on_give_up=lambda reason: _FAILED.setdefault(collector.key, BackendError(f"{exp.study}: {reason}")))
+    _WATCHERS[collector.key] = watcher  # by key: Tune pickles its callbacks, and a watcher holds a thread
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(configs))))},
@@ -298,10 +380,12 @@ def run_experiment(
     )
     started = time.perf_counter()
     try:
-        tuner.fit()
+        with watcher:
+            tuner.fit()
     finally:
-        _FAILED.pop(collector.key, None)
-    if collector.failure is not None:
-        raise collector.failure
+        failure = _FAILED.pop(collector.key, None)
+        _WATCHERS.pop(collector.key, None)
+    if failure is not None:  # a table write failed, or trials waited past max_wait_s
+        raise failure
     progress(f"[{exp.study}] {len(configs)} trials in {time.perf_counter() - started:.1f}s")
     return pd.concat([done_before, *written], ignore_index=True) if written or len(done_before) else pd.DataFrame()

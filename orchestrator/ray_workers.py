@@ -9,13 +9,40 @@ deprecated). Together with ray_backend.py, the only code that imports ray.tune /
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 from pathlib import Path
 
+from orchestrator.provenance import package_version
 from orchestrator.spec import Scaling
 from workloads.runtime import REPLAY_KEY, TABLE_KEY, load_state, save_state, table_of
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
+
+
+def software(device: str, device_name: str, device_count: int, **extra) -> dict:
+    """Columns of every trial row: what ran it (code_version is added by the driver)."""
+    return {"ray_version": package_version("ray"), "torch_version": package_version("torch"), "device": device,
+            "device_name": device_name, "device_count": device_count, **extra}
+
+
+def root_cause(exc: BaseException | None) -> str:
+    """`Type: message` of the innermost cause of a trial failure, on one line: through Ray's task
+    wrapper, Train's WorkerGroupError (per-rank user exceptions) and ControllerError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        failures = getattr(exc, "worker_failures", None)  # ray.train.WorkerGroupError: {rank: exception}
+        inner = (failures[min(failures)] if failures else None) or getattr(exc, "controller_failure", None) \
+            or getattr(exc, "cause", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    if exc is None:
+        return "trial failed"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
 class _TuneRuntime:
@@ -30,8 +57,9 @@ class _TuneRuntime:
         import ray
         from ray import tune
 
-        node = ray.get_runtime_context().get_node_id()[:12]  # which node ran it (a column of every row)
-        tune.report({**metrics, "node_id": node, TABLE_KEY: table_of(final, table)})
+        node = ray.get_runtime_context().get_node_id()  # which node ran it (a column of every row)
+        extra = software("cpu", "cpu", 1, sync_bn=False) if final else {}
+        tune.report({**metrics, **extra, "node_id": node, TABLE_KEY: table_of(final, table)})
 
     def restore(self):
         return None
@@ -46,24 +74,45 @@ class _TuneRuntime:
         return loader
 
 
-class _TrainRuntime:
-    """Runtime of a Ray Train worker: DDP preparation, `ray.train.report` with checkpoints."""
+def convert_sync_batchnorm(model, device, world_size: int, enabled: bool):
+    """BatchNorm -> SyncBatchNorm where it means something and works: CUDA, more than one rank.
+    (torch's SyncBatchNorm raises on CPU tensors, so CPU DDP keeps per-rank statistics.)"""
+    import torch
 
-    def __init__(self, artifact_dir: str) -> None:
+    if enabled and world_size > 1 and torch.device(device).type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+class _TrainRuntime:
+    """Runtime of a Ray Train worker: DDP preparation, `ray.train.report` with checkpoints.
+
+    `cpu_fallback`: the driver found that the GPU nodes have no usable CUDA and the user allowed
+    training on their CPUs: the device is the CPU (Ray would name cuda:0 from the GPU it assigned)
+    and the process group is gloo (chosen by the driver)."""
+
+    def __init__(self, artifact_dir: str, cpu_fallback: bool = False, sync_bn: bool = True) -> None:
         import ray.train
         import ray.train.torch
+        import torch
 
         context = ray.train.get_context()
         self.world_size, self.rank = context.get_world_size(), context.get_world_rank()
         self.is_rank_zero = self.rank == 0
-        self.device = ray.train.torch.get_device()
+        self.cpu_fallback = cpu_fallback
+        self.device = torch.device("cpu") if cpu_fallback else ray.train.torch.get_device()
         self.artifact_dir = artifact_dir
+        kind = torch.device(self.device).type
+        name = torch.cuda.get_device_name(self.device) if kind == "cuda" else (os.uname().machine + " cpu")
+        self.sync_bn = sync_bn
+        self.software = software(kind, name, self.world_size, cpu_fallback=cpu_fallback, sync_bn=False)
 
     def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         import ray
         import ray.train
 
-        payload = {**metrics, "node_id": ray.get_runtime_context().get_node_id()[:12], TABLE_KEY: table_of(final, table)}
+        payload = {**metrics, **(self.software if final else {}), "node_id": ray.get_runtime_context().get_node_id(),
+                   TABLE_KEY: table_of(final, table)}
         if checkpoint is None:
             ray.train.report(payload)
             return
@@ -99,13 +148,21 @@ class _TrainRuntime:
 
     def prepare_model(self, model):
         import ray.train.torch
+        import torch
 
+        converted = convert_sync_batchnorm(model, self.device, self.world_size, self.sync_bn)
+        if converted is not model or any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()):
+            self.software["sync_bn"] = True  # rows say whether batch statistics spanned all ranks
+        model = converted
+        if self.cpu_fallback:  # CPU DDP (no device_ids) instead of a move to the cuda device Ray assigned
+            return ray.train.torch.prepare_model(model, move_to_device=self.device)
         return ray.train.torch.prepare_model(model)  # DDP when world_size > 1, device placement
 
     def prepare_loader(self, loader):
         import ray.train.torch
 
-        return ray.train.torch.prepare_data_loader(loader)  # DistributedSampler, device placement
+        # DistributedSampler, device placement (loops also move batches to runtime.device themselves)
+        return ray.train.torch.prepare_data_loader(loader, move_to_device=not self.cpu_fallback)
 
 
 def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list) -> None:
@@ -118,23 +175,74 @@ def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: l
 def train_worker(params: dict) -> None:
     import importlib
 
-    importlib.import_module(params["module"]).train_loop(params["config"], _TrainRuntime(params["artifact_dir"]))
+    runtime = _TrainRuntime(params["artifact_dir"], params.get("cpu_fallback", False), params.get("sync_bn", True))
+    importlib.import_module(params["module"]).train_loop(params["config"], runtime)
+
+
+def _cuda_probe() -> dict:
+    """Runs on a node that declares a GPU: can torch use it there?"""
+    import ray
+    import torch
+
+    ok, why = torch.cuda.is_available(), ""
+    if not ok:
+        try:
+            torch.cuda.init()
+        except Exception as exc:  # the driver's or the build's own words
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "cuda": ok,
+            "why": why or f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device",
+            "gpu_ids": ray.get_gpu_ids()}
+
+
+def check_gpu_nodes(allow_cpu_fallback: bool, timeout_s: float, cpus_per_worker: float, gpus_per_worker: float = 1.0) -> bool:
+    """Before the TorchTrainer picks NCCL (it does so from use_gpu, before any user code runs): probe
+    a node of the shape one worker needs (so the autoscaler starts, if anything, a node the workers
+    will use). True: train on CPU with gloo (allowed fallback). Raises with one line otherwise.
+    It sees one node: cluster.yaml's GPU types also check CUDA in their setup, on every node."""
+    import ray
+
+    # "DEFAULT": outside this trial's placement group (which holds only `train_driver`)
+    probe = ray.remote(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)(_cuda_probe).options(scheduling_strategy="DEFAULT").remote()
+    try:
+        found = ray.get(probe, timeout=timeout_s or None)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(probe, force=True)
+        raise RuntimeError(f"no GPU node was free within {timeout_s:g} s (max_wait_s) to check that torch can use "
+                           "its GPU") from None
+    if found["cuda"]:
+        return False
+    if not allow_cpu_fallback:
+        raise RuntimeError(f"node {found['node']} ({found['host']}) declares a GPU but torch cannot use it: {found['why']}; "
+                           "fix the node's driver or torch build (or set ORCHESTRATOR_ALLOW_CPU_FALLBACK=1 to train "
+                           "on its CPU, as the simulated cluster does)")
+    return True
 
 
 def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: list, names: list,
-                  scaling: Scaling, storage: str) -> None:
+                  scaling: Scaling, storage: str, allow_cpu_fallback: bool = False) -> None:
     """A Tune trial that builds and fits one TorchTrainer (the Train V2 pattern)."""
+    # Read where the TorchTrainer is built (this process): the dashboard's Train view, and a worker
+    # group that waits for nodes as long as max_wait_s instead of giving up and retrying every 60 s
+    # while an autoscaled GPU node boots (Train passes this one on to its controller)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    if scaling.max_wait_s:
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(max(60.0, scaling.max_wait_s + 60)))
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     index = params["trial"]
+    cpu_fallback = (check_gpu_nodes(allow_cpu_fallback, scaling.max_wait_s, scaling.cpus_per_worker, scaling.gpus_per_worker)
+                    if scaling.use_gpu else False)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"module": module, "config": configs[index], "artifact_dir": artifact_dirs[index]},
+        torch_config=TorchConfig(backend="gloo") if cpu_fallback else None,  # None: nccl with GPUs, else gloo
+        train_loop_config={"module": module, "config": configs[index], "artifact_dir": artifact_dirs[index],
+                           "cpu_fallback": cpu_fallback, "sync_bn": scaling.sync_bn},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name=names[index],
@@ -144,4 +252,7 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
             callbacks=[TuneReportCallback()],  # worker reports -> this Tune trial's results
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as exc:  # the cause on one line (the row's `error`), not Train's summary
+        raise RuntimeError(root_cause(exc)) from None

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 
 from workloads.common import TMP_MARK, atomic_path
 
-FORMAT_VERSION = 1  # bump when the table layout changes incompatibly
+FORMAT_VERSION = 2  # bump when the table layout changes incompatibly (2: trial keys without local paths)
 MARKER = "orchestrator-results.json"
 TABLES = ("trials", "steps")
 FINISHED = "TERMINATED"  # the status of a trial that ran to its end
+STOPPED = "STOPPED"  # ended before its final report (the run was stopped): resume runs it again
 
 
 class StoreError(RuntimeError):

@@ -36,18 +36,29 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class Scaling:
     num_workers: int = 1  # Ray Train workers (DDP ranks) per trial
-    use_gpu: bool = False  # one GPU per worker
+    use_gpu: bool = False  # train on GPUs (gpus_per_worker each)
+    gpus_per_worker: float = 1.0  # with use_gpu: a fraction (e.g. 0.25) packs single-worker trials onto one GPU
     cpus_per_worker: float = 1.0  # CPUs reserved per worker (or per trial, for single-process studies)
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs/GPUs hold at once
     max_failures: int = 2  # Train runs: restarts from the last checkpoint after a worker failure
+    sync_bn: bool = True  # multi-GPU DDP: BatchNorm -> SyncBatchNorm (CUDA only; CPU DDP keeps per-rank statistics)
+    max_wait_s: float = 1800.0  # a trial waiting this long for nodes ends the run with the autoscaler's reason (0: wait forever)
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if not self.gpus_per_worker > 0:
+            raise ValueError(f"gpus_per_worker must be > 0, got {self.gpus_per_worker}")
+        if self.use_gpu and self.gpus_per_worker < 1 and self.num_workers > 1:  # Ray issue 48012
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker:g} with num_workers={self.num_workers}: fractional "
+                             "GPUs put several DDP workers on one GPU, where NCCL fails; pack single-worker trials "
+                             "(num_workers=1) or give each worker whole GPUs")
         if not self.cpus_per_worker > 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= -1 (-1: retry forever), got {self.max_failures}")
+        if self.max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0 (0: wait forever), got {self.max_wait_s}")
         if self.max_concurrent_trials < 0:
             raise ValueError(f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}")
 

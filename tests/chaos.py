@@ -56,12 +56,18 @@ def train_workers(root_pid: int) -> list[int]:
     return found
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL a process group this harness created (start_new_session): the driver and its Ray."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def kill_group(pgid: int, since: float) -> None:
+    """SIGKILL what is left of a process group this harness created (start_new_session): the driver
+    and its Ray. Member by member, and only processes created since `since` (the attempt's start),
+    so that a PGID reused after the leader was reaped never reaches anyone else's processes."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["create_time"] >= since - 1:
+                os.kill(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
 
 
 @dataclass
@@ -83,6 +89,7 @@ def run_with_chaos(cmd: list[str], env: dict, cwd: Path, interruptions: int, see
     log, started = ChaosLog(), time.perf_counter()
     log_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(max_attempts):
+        born = time.time()
         with open(log_dir / f"attempt-{attempt:02d}.log", "w") as out:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
         t0 = time.perf_counter()
@@ -103,7 +110,7 @@ def run_with_chaos(cmd: list[str], env: dict, cwd: Path, interruptions: int, see
                 elif kind == "sigterm":
                     proc.send_signal(signal.SIGTERM)
                 elif kind == "sigkill-group":
-                    kill_group(proc.pid)
+                    os.killpg(proc.pid, signal.SIGKILL)  # the leader is alive (not yet reaped): its group is ours
                 else:
                     workers = train_workers(proc.pid)
                     if not workers:
@@ -117,10 +124,10 @@ def run_with_chaos(cmd: list[str], env: dict, cwd: Path, interruptions: int, see
                         proc.wait(timeout=grace_s)
                     except subprocess.TimeoutExpired:
                         log.hung += 1
-                        kill_group(proc.pid)
+                        kill_group(proc.pid, born)
             code = proc.wait()
         finally:
-            kill_group(proc.pid)  # whatever of this attempt's Ray is left (same session)
+            kill_group(proc.pid, born)  # whatever of this attempt's Ray is left (same session)
             proc.wait()
         log.attempts.append(code)
         say(f"chaos: attempt {attempt} exited {code} after {time.perf_counter() - t0:.1f} s")

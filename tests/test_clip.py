@@ -27,13 +27,28 @@ def test_aligned_embeddings_give_a_lower_loss_than_shuffled():
     assert torch.isclose(clip_loss(text, image, scale), aligned)
 
 
-def test_temperature_is_learnable_and_capped():
+def test_temperature_is_learnable_and_capped_after_the_step():
     model = CLIP(None, None, 8, 8, 4, 0.0, 1 / 0.07, 100.0, "cls")
     assert float(model.scale().detach()) == pytest.approx(1 / 0.07, rel=1e-6)
     assert model.logit_scale.requires_grad
     with torch.no_grad():
         model.logit_scale.fill_(10.0)  # e^10 >> 100
+    image, text, scale = model(image_features=torch.randn(6, 8), text_features=torch.randn(6, 8))
+    clip_loss(image, text, scale).backward()
+    assert model.logit_scale.grad.abs() > 0  # above the cap the scale still learns (a clamp in forward: 0)
+    model.clamp_scale_()
     assert float(model.scale().detach()) == pytest.approx(100.0)
+
+
+def test_no_weight_decay_on_biases_norms_and_the_temperature():
+    from workloads.clip.config import Config
+    from workloads.clip.loop import optimizer
+
+    model = CLIP(None, None, 8, 8, 4, 0.0, 1 / 0.07, 100.0, "cls")
+    groups = optimizer(model, Config(train_image_encoder=False, train_text_encoder=False)).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.logit_scale) not in decayed and id(model.image_head.norm.weight) not in decayed
+    assert id(model.image_head.project.bias) not in decayed and id(model.image_head.project.weight) in decayed
 
 
 def test_projection_head_and_pooling():
@@ -195,3 +210,25 @@ def test_offline_pretrained_pair_retrieves_well_above_chance(data_dir, tmp_path)
     assert final["test_images"] == 500
     assert final["t2i_r10"] >= 0.50  # chance: 10 / 500 = 0.02
     assert final["t2i_r1"] > 10 * (1 / 500)
+
+
+def test_collapsed_embeddings_score_chance_not_perfect_recall():
+    from math import comb
+
+    n = 50
+    image_of = np.repeat(np.arange(n), 5)
+    m = retrieval_metrics(np.zeros((5 * n, n)), image_of)  # every score equal: the collapse the README warns of
+    for k in (1, 5, 10):
+        assert m[f"t2i_r{k}"] == pytest.approx(k / n)  # chance, exactly
+        assert m[f"i2t_r{k}"] == pytest.approx(1 - comb(5 * n - 5, k) / comb(5 * n, k))  # chance for 5 of 5n captions
+    assert m["t2i_mean_rank"] == pytest.approx((n + 1) / 2)
+
+
+def test_tied_ranks_equal_the_average_over_random_tie_breaking():
+    rng = np.random.default_rng(0)
+    image_of = np.repeat(np.arange(6), 2)
+    sim = rng.integers(0, 3, size=(12, 6)).astype(float)  # coarse scores: many ties
+    m = retrieval_metrics(sim, image_of, ks=(1, 2))
+    draws = [retrieval_metrics(sim + 1e-9 * rng.random(sim.shape), image_of, ks=(1, 2)) for _ in range(3000)]
+    for key in ("t2i_r1", "t2i_r2", "i2t_r1", "i2t_r2", "t2i_mean_rank", "i2t_mean_rank"):
+        assert m[key] == pytest.approx(np.mean([d[key] for d in draws]), abs=0.02), key

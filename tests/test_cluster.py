@@ -21,7 +21,13 @@ def test_shipped_cluster_config_is_valid_and_ssh_only(capsys):
     assert head["resources"]["train_driver"] > 0
     assert any("MarketType" in t["node_config"].get("InstanceMarketOptions", {})
                for t in raw["available_node_types"].values())
-    assert any("pip install" in c and ".[aws]" in c for c in raw["setup_commands"])
+    assert any("pip install" in c and ".[aws]" in c and "-c cluster-constraints.txt" in c for c in raw["setup_commands"])
+    assert "security_group" not in raw["provider"]  # Ray would open SSH to 0.0.0.0/0 on a group it creates
+    assert all(t["node_config"]["SecurityGroupIds"] for t in raw["available_node_types"].values())
+    cpu_types = [n for n, t in raw["available_node_types"].items() if n != raw["head_node_type"] and "GPU" not in t["resources"]]
+    assert cpu_types  # single-process trials have CPU nodes to grow into
+    pins = (CLUSTER.parent / "cluster-constraints.txt").read_text()
+    assert "torch==" in pins and "torchvision==" in pins
 
 
 def _broken(tmp_path, mutate) -> Path:
@@ -36,10 +42,17 @@ def _broken(tmp_path, mutate) -> Path:
     (lambda r: r.update(head_node_type="no.such.type"), "head_node_type"),
     (lambda r: r.update(max_workrs=3), "max_workrs"),
     (lambda r: r["available_node_types"]["gpu.spot.1x"].update(min_workers="two"), "min_workers"),
-    (lambda r: r["available_node_types"]["gpu.spot.1x"].update(min_workers=9), "max_workers"),
-    (lambda r: r["provider"]["security_group"]["IpPermissions"].append(
-        {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}), "only SSH"),
-    (lambda r: r["head_start_ray_commands"].__setitem__(1, "ray start --head --dashboard-host=0.0.0.0"), "127.0.0.1"),
+    (lambda r: r["available_node_types"]["gpu.spot.1x"].update(min_workers=13), "max_workers"),
+    (lambda r: r["provider"].update(security_group={"GroupName": "x", "IpPermissions": [
+        {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "203.0.113.0/24"}]}]}), "0.0.0.0/0"),
+    (lambda r: r["available_node_types"]["cpu.spot"]["node_config"].pop("SecurityGroupIds"), "SecurityGroupIds"),
+    (lambda r: r.update(head_setup_commands=[]), "get-auth-token --generate"),
+    (lambda r: r.update(cluster_synced_files=[]), "auth_token"),
+    (lambda r: r["worker_start_ray_commands"].__setitem__(1, "ray start --address=$RAY_HEAD_IP:6379"), "RAY_AUTH_MODE=token"),
+    (lambda r: r["setup_commands"].__setitem__(2, 'cd ~/orchestrator && pip install -e ".[aws]"'), "cluster-constraints"),
+    (lambda r: r["available_node_types"]["gpu.spot.1x"].pop("worker_setup_commands"), "torch can use its GPU"),
+    (lambda r: r["available_node_types"].pop("cpu.spot"), "no CPU worker type"),
+    (lambda r: r["head_start_ray_commands"].__setitem__(1, "RAY_AUTH_MODE=token ray start --head --dashboard-host=0.0.0.0"), "127.0.0.1"),
     (lambda r: r["setup_commands"].append({"ray start --resources='{\"a\"": "8}'"}), "not of type 'string'"),
 ])
 def test_broken_copies_are_rejected_with_one_line(tmp_path, capsys, mutate, message):

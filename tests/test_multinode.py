@@ -21,7 +21,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resource
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
-nodes = sorted(n["NodeID"][:12] for n in ray.nodes() if n["Alive"])
+nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 code = main(["run", "minimax", "--results", sys.argv[1], "--set", "num_lrs=600", "--set", "steps=20000"])
 ray.shutdown()
 cluster.shutdown()

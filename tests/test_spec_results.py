@@ -101,3 +101,14 @@ def test_trial_identity_ignores_machine_local_paths():
     moved = dataclasses.replace(cfg, data_dir="/elsewhere/data", cache_dir="/mnt/shared/cache")
     assert trial_key(moved) == trial_key(cfg)
     assert trial_key(dataclasses.replace(cfg, lr=cfg.lr * 2)) != trial_key(cfg)
+
+
+def test_fractional_gpus_pack_single_worker_trials_and_refuse_ddp(capsys):
+    from orchestrator.cli import main
+    from orchestrator.experiments import EXPERIMENTS
+
+    paper = EXPERIMENTS["gan"]["paper"].scaling
+    assert paper.num_workers == 1 and paper.gpus_per_worker == 0.25 and paper.cpus_per_worker * 4 <= 4  # a g5.xlarge
+    assert main(["run", "gan", "--set", "use_gpu=true", "--set", "gpus_per_worker=0.5", "--set", "num_workers=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NCCL" in err and "num_workers=1" in err

@@ -41,6 +41,18 @@ def atomic_path(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def build_lock(path: str | os.PathLike):
+    """One builder of a cached file at a time, across processes and nodes: a lock file next to it
+    (flock, which Linux NFS clients such as EFS's map to NFSv4 locks). Callers check again for the
+    file once they hold the lock: another builder may have finished it meanwhile."""
+    from filelock import FileLock
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        yield
+
+
 def save_grid(images, path: Path, nrow: int = 8, captions: list[str] | None = None) -> None:
     """Images (N, C, H, W) in [-1, 1] -> one PNG grid, written atomically."""
     import torchvision.utils as vutils

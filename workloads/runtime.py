@@ -60,6 +60,55 @@ def reduce_mean(tensor):
     return tensor
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s random streams: distinct per rank, the same on every run
+    (numpy's SeedSequence mixes the pair; seed + rank would make rank 1 of seed 42 rank 0 of 43)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+class RankRNG:
+    """A DDP rank's own random streams: the global torch RNG (dropout masks) and a generator on the
+    device for the loop's noise. Models are built before this, from the shared seed, so their
+    initial weights are identical on every rank; everything random after that differs per rank."""
+
+    def __init__(self, seed: int, rank: int, device) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        torch.manual_seed(rank_seed(seed, rank))  # CPU and every CUDA device's default generator
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(rank_seed(seed, rank) ^ 0x5EED)
+
+    def state(self) -> dict:
+        import torch
+
+        out = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state()}
+        if self.device.type == "cuda":
+            out["cuda"] = torch.cuda.get_rng_state(self.device)
+        return out
+
+    def load(self, state: dict) -> None:
+        import torch
+
+        torch.set_rng_state(state["cpu"])
+        self.noise.set_state(state["noise"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+def gather_objects(obj) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (a collective under DDP), else [obj]."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def maybe_fail(fail_at_epoch: int, epoch: int, runtime) -> None:
     """Test hook: rank 0 raises once, in the middle of epoch `fail_at_epoch` (a marker file in the
     artifact dir makes it once), as a crashed worker would; the run must resume from the last checkpoint."""

@@ -20,11 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from workloads.clip import data, encoders
+from workloads.clip import images as images_mod
 from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
 from workloads.clip.model import CLIP, clip_loss
-from workloads.common import atomic_path, cache_root
-from workloads.runtime import maybe_fail, unwrap
+from workloads.common import atomic_path, build_lock, cache_root
+from workloads.runtime import RankRNG, gather_objects, maybe_fail, unwrap
 
 
 def build(config: Config) -> tuple[CLIP, object, tuple, tuple]:
@@ -46,14 +47,21 @@ def build(config: Config) -> tuple[CLIP, object, tuple, tuple]:
 
 
 def optimizer(model: CLIP, config: Config) -> torch.optim.AdamW:
-    """AdamW with one learning rate per part: heads (+ temperature), image encoder, text encoder."""
-    heads = [*model.image_head.parameters(), *model.text_head.parameters(), model.logit_scale]
-    groups = [{"params": heads, "lr": config.head_lr}]
+    """AdamW with one learning rate per part: heads (+ temperature), image encoder, text encoder.
+    Weight decay only on weight matrices and kernels (ndim >= 2), as open_clip does: never on
+    biases, norm gains and the logit scale (decaying the scale pulls the temperature towards 1)."""
+    parts = [([*model.image_head.parameters(), *model.text_head.parameters(), model.logit_scale], config.head_lr)]
     if config.train_image_encoder:
-        groups.append({"params": list(model.image_encoder.parameters()), "lr": config.image_lr})
+        parts.append((list(model.image_encoder.parameters()), config.image_lr))
     if config.train_text_encoder:
-        groups.append({"params": list(model.text_encoder.parameters()), "lr": config.text_lr})
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        parts.append((list(model.text_encoder.parameters()), config.text_lr))
+    groups = []
+    for params, lr in parts:
+        decay = [p for p in params if p.ndim >= 2]
+        rest = [p for p in params if p.ndim < 2]
+        groups += [{"params": decay, "lr": lr, "weight_decay": config.weight_decay},
+                   {"params": rest, "lr": lr, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict:
@@ -62,9 +70,15 @@ def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict:
 
 
 @torch.no_grad()
-def encode_images(model: CLIP, images, device, batch: int = 64) -> torch.Tensor:
+def encode_images(model: CLIP, images, normalise, batch: int = 64) -> torch.Tensor:
+    """Pooled features of uint8 images (see images.py), normalised on the model's device."""
     loader = DataLoader(images, batch_size=batch)
-    return torch.cat([model.image_features(x.to(device)).float().cpu() for x in loader])
+    return torch.cat([model.image_features(normalise(x)).float().cpu() for x in loader])
+
+
+def split_images(config: Config, split) -> images_mod.ArrayImages:
+    """The split's images, decoded once into the cache (uint8, memory-mapped)."""
+    return images_mod.ArrayImages(images_mod.image_array(split.root, split.images, config.image_size, config.cache_dir))
 
 
 @torch.no_grad()
@@ -73,7 +87,7 @@ def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, devi
                       for i in range(0, len(texts), batch)])
 
 
-def feature_cache(config: Config, model: CLIP, tokenizer, train, test, transform, device, runtime) -> dict:
+def feature_cache(config: Config, model: CLIP, tokenizer, train, test, normalise, device, runtime) -> dict:
     """Frozen encoders: features of every image and caption, computed once (rank 0) and cached."""
     keys = ("image_model", "image_weights", "pretrained", "image_size", "image_mean", "image_std", "text_model",
             "tokenizer", "text_pooling", "text_layers", "text_width", "max_length", "seed")
@@ -82,14 +96,15 @@ def feature_cache(config: Config, model: CLIP, tokenizer, train, test, transform
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = cache_root(config.cache_dir) / "clip_features" / f"{digest}.pt"
     if runtime.is_rank_zero and not path.exists():
-        unwrap(model).eval()
-        feats = {}
-        for name, split in (("train", train), ("test", test)):
-            feats[f"{name}_images"] = encode_images(unwrap(model), data.Images(split.root, split.images, transform), device)
-            feats[f"{name}_texts"] = encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(feats, tmp)
+        with build_lock(path):  # trials of one encoder pair, on any node: one extraction
+            if not path.exists():
+                unwrap(model).eval()
+                feats = {}
+                for name, split in (("train", train), ("test", test)):
+                    feats[f"{name}_images"] = encode_images(unwrap(model), split_images(config, split), normalise)
+                    feats[f"{name}_texts"] = encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device)
+                with atomic_path(path) as tmp:
+                    torch.save(feats, tmp)
     runtime.barrier()  # other ranks wait for rank 0's file
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -105,12 +120,28 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def evaluate(model: CLIP, tokenizer, config: Config, test, transform, device, feats: dict | None) -> tuple[dict, tuple]:
+def train_step(model, opt, inputs: dict, autocast=contextlib.nullcontext()) -> torch.Tensor:
+    """One optimisation step on this rank's batch, with every rank's embeddings as negatives: the
+    (B_global, B_global) loss is the same on every rank; gradients reach this rank's embeddings
+    through the differentiable all_gather, summed over ranks, and DDP averages them, so a step of
+    R ranks on B/R pairs each equals one step of one process on all B (tests/test_ddp.py)."""
+    with autocast:  # encoders and heads in bf16 on GPU
+        image_emb, text_emb, scale = model(**inputs)
+    # the loss in fp32, outside autocast (see clip_loss)
+    loss = clip_loss(_gather(image_emb.float()), _gather(text_emb.float()), scale.float())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    unwrap(model).clamp_scale_()
+    return loss
+
+
+def evaluate(model: CLIP, tokenizer, config: Config, test, normalise, device, feats: dict | None) -> tuple[dict, tuple]:
     """Retrieval metrics on the test split; also returns (image_emb, scale) for the prompts."""
     model = unwrap(model)
     model.eval()
     with torch.no_grad():
-        image_f = feats["test_images"] if feats else encode_images(model, data.Images(test.root, test.images, transform), device)
+        image_f = feats["test_images"] if feats else encode_images(model, split_images(config, test), normalise)
         text_f = feats["test_texts"] if feats else encode_texts(model, tokenizer, test.captions, config.max_length, device)
         image_emb = model.embed_images(image_f.to(device)).float().cpu()
         text_emb = model.embed_texts(text_f.to(device)).float().cpu()
@@ -122,25 +153,27 @@ def train_loop(config: Config, runtime) -> None:
     device = runtime.device
     train, test = data.load_splits(config)
     model, tokenizer, mean, std = build(config)
-    transform = data.image_transform(config.image_size, mean, std)
+    normalise = images_mod.Normalise(mean, std, device)  # uint8 (B, H, W, 3) -> normalised float on the device
     counts = {
         "image_params": sum(p.numel() for p in model.image_encoder.parameters()),
         "text_params": sum(p.numel() for p in model.text_encoder.parameters()),
         "head_params": sum(p.numel() for p in [*model.image_head.parameters(), *model.text_head.parameters()]) + 1,
     }
     model.to(device)
-    feats = feature_cache(config, model, tokenizer, train, test, transform, device, runtime) if config.frozen else None
+    feats = feature_cache(config, model, tokenizer, train, test, normalise, device, runtime) if config.frozen else None
     prompt_features = None
     if feats is not None:  # only heads train: the encoders leave the model (and DDP)
         prompt_features = encode_texts(model, tokenizer, list(config.prompts), config.max_length, device)
         model.image_encoder = model.text_encoder = None
         pairs = data.Pairs(train, feats["train_images"], config.seed)
     else:
-        pairs = data.Pairs(train, data.Images(train.root, train.images, transform), config.seed)
+        pairs = data.Pairs(train, split_images(config, train), config.seed)
     per_rank = max(1, config.batch_size // runtime.world_size)
     loader = runtime.prepare_loader(DataLoader(pairs, batch_size=per_rank, shuffle=True, drop_last=len(pairs) > per_rank,
-                                               generator=torch.Generator().manual_seed(config.seed)))
+                                               generator=torch.Generator().manual_seed(config.seed),
+                                               pin_memory=torch.device(device).type == "cuda"))
     opt = optimizer(model, config)
+    rng = RankRNG(config.seed, runtime.rank, device)  # the heads' dropout masks differ per rank
     model = runtime.prepare_model(model)
 
     start_epoch, state = 1, runtime.restore()
@@ -148,6 +181,8 @@ def train_loop(config: Config, runtime) -> None:
         unwrap(model).load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        if len(state.get("rng_by_rank", ())) == runtime.world_size:
+            rng.load(state["rng_by_rank"][runtime.rank])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and torch.device(device).type == "cuda"
                 else contextlib.nullcontext())
     started, last, embeddings = time.perf_counter(), {}, None
@@ -162,17 +197,12 @@ def train_loop(config: Config, runtime) -> None:
         epoch_start, total, seen = time.perf_counter(), 0.0, 0
         for images, caption_ids in loader:
             texts = [train.captions[i] for i in caption_ids.tolist()]
-            with autocast:
-                if feats is not None:
-                    image_emb, text_emb, scale = model(image_features=images.to(device),
-                                                       text_features=feats["train_texts"][caption_ids.cpu()].to(device))
-                else:
-                    image_emb, text_emb, scale = model(images=images.to(device),
-                                                       **tokenize(tokenizer, texts, config.max_length, device))
-                loss = clip_loss(_gather(image_emb.float()), _gather(text_emb.float()), scale.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if feats is not None:
+                inputs = {"image_features": images.to(device),
+                          "text_features": feats["train_texts"][caption_ids.cpu()].to(device)}
+            else:
+                inputs = {"images": normalise(images), **tokenize(tokenizer, texts, config.max_length, device)}
+            loss = train_step(model, opt, inputs, autocast)
             total += float(loss.detach()) * len(images)
             seen += len(images)
             maybe_fail(config.fail_at_epoch, epoch, runtime)
@@ -180,20 +210,21 @@ def train_loop(config: Config, runtime) -> None:
         metrics = {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * runtime.world_size / seconds,
                    "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started}
         checkpoint = None
+        rng_by_rank = gather_objects(rng.state())
         if runtime.is_rank_zero:
-            retrieval, embeddings = evaluate(model, tokenizer, config, test, transform, device, feats)
+            retrieval, embeddings = evaluate(model, tokenizer, config, test, normalise, device, feats)
             metrics.update(retrieval, temperature=embeddings[1])
             frozen = tuple(prefix for prefix, trains in (("image_encoder.", config.train_image_encoder),
                                                          ("text_encoder.", config.train_text_encoder)) if not trains)
             trainable = {k: v for k, v in unwrap(model).state_dict().items() if not k.startswith(frozen)}
-            checkpoint = {"model": trainable, "optimizer": opt.state_dict(), "epoch": epoch}
+            checkpoint = {"model": trainable, "optimizer": opt.state_dict(), "epoch": epoch, "rng_by_rank": rng_by_rank}
         runtime.report(metrics, checkpoint=checkpoint)
         last = metrics
 
     final: dict = {}
     if runtime.is_rank_zero:
         if embeddings is None:  # resumed after the last epoch: evaluate once more
-            retrieval, embeddings = evaluate(model, tokenizer, config, test, transform, device, feats)
+            retrieval, embeddings = evaluate(model, tokenizer, config, test, normalise, device, feats)
             last = {**last, **retrieval}
         final = {k: v for k, v in last.items() if k not in ("epoch_time_s", "wall_time_s")}
         final.update(counts, pair=config.pair, train_time_s=time.perf_counter() - started, world_size=runtime.world_size,

@@ -50,7 +50,14 @@ class CLIP(nn.Module):
         self.text_pooling = text_pooling
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=self.max_log_scale).exp()  # capped at temperature_max
+        # Not clamped here: above the cap a clamp in forward has zero gradient, so the scale could
+        # never come back down; clamp_scale_() caps it after each optimizer step, as open_clip does.
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_scale_(self) -> None:
+        """Cap the temperature at temperature_max (and keep it >= 1), in place."""
+        self.logit_scale.clamp_(0.0, self.max_log_scale)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         # (B, 3, H, W) -> (B, image_dim); NHWC like the encoder's weights (see loop.build)
@@ -77,7 +84,9 @@ class CLIP(nn.Module):
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy over the (B, B) similarity matrix; pair i's target is i."""
+    """Symmetric cross-entropy over the (B, B) similarity matrix; pair i's target is i. Call it in
+    fp32, outside any bf16 autocast: there the matmul would round the logits back to bf16, whose
+    8-bit mantissa spaces values near scale 100 by 0.5, coarser than the differences that matter."""
     logits = scale * image_emb @ text_emb.T  # (B_image, B_text)
     labels = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

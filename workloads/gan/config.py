@@ -21,10 +21,11 @@ class Config:
     fid_images: int = 2000  # generated and test images compared by the FID
     data_dir: str = ""  # folder holding FashionMNIST/ ("" -> $ORCHESTRATOR_DATA_DIR, else download)
     cache_dir: str = ""  # extracted data and the cached FID classifier ("" -> ~/.cache/orchestrator)
+    log_every: int = 50  # steps between TensorBoard writes of the per-step losses (one GPU->host sync each)
     fail_at_epoch: int = 0  # test hook: rank 0 crashes once in the middle of this epoch (0: never)
 
     def __post_init__(self) -> None:
-        for name in ("latent_dim", "batch_size", "epochs", "fid_images"):
+        for name in ("latent_dim", "batch_size", "epochs", "fid_images", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -12,7 +12,7 @@ import gzip
 import shutil
 from pathlib import Path
 
-from workloads.common import DATA_ENV, atomic_path, cache_root, data_root
+from workloads.common import DATA_ENV, atomic_path, build_lock, cache_root, data_root
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -44,14 +44,15 @@ def locate(data_dir: str, cache_dir: str = "") -> Path:
             f"{FILES[0]}[.gz] and its 3 siblings): point --data-dir or {DATA_ENV} at a folder holding them"
         )
     raw.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        target = raw / name
-        if target.exists():
-            continue
-        plain, packed = source / name, source / f"{name}.gz"
-        with atomic_path(target) as tmp, (open(plain, "rb") if plain.exists() else gzip.open(packed, "rb")) as src, \
-                open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+    with build_lock(raw / "extract"):  # one extractor at a time (shared caches on a cluster)
+        for name in FILES:
+            target = raw / name
+            if target.exists():
+                continue
+            plain, packed = source / name, source / f"{name}.gz"
+            with atomic_path(target) as tmp, (open(plain, "rb") if plain.exists() else gzip.open(packed, "rb")) as src, \
+                    open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
     return cache
 
 

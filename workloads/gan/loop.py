@@ -18,13 +18,13 @@ from workloads.common import save_grid
 from workloads.gan import data, quality
 from workloads.gan.config import Config
 from workloads.gan.models import Discriminator, Generator, init_weights
-from workloads.runtime import maybe_fail, reduce_mean, unwrap
+from workloads.runtime import RankRNG, gather_objects, maybe_fail, reduce_mean, unwrap
 
 FIXED_NOISE = 64  # the 8x8 sample grid
 
 
 def build_models(config: Config) -> tuple[Generator, Discriminator]:
-    torch.manual_seed(config.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     g, d = Generator(config.latent_dim, config.leak), Discriminator(config.leak, config.dropout)
     g.apply(init_weights)
     d.apply(init_weights)
@@ -46,6 +46,42 @@ def sample(g: nn.Module, n: int, latent_dim: int, seed: int, device) -> torch.Te
     return out
 
 
+def _flush_losses(writer, pending: list, last_step: int) -> None:
+    """Write buffered per-step losses (ending at `last_step`) to TensorBoard with one device->host copy."""
+    if not pending:
+        return
+    values = torch.stack(pending).cpu().tolist()
+    for i, (loss_d, loss_g) in enumerate(values):
+        writer.add_scalar("Loss/Discriminator", loss_d, last_step - len(values) + 1 + i)
+        writer.add_scalar("Loss/Generator", loss_g, last_step - len(values) + 1 + i)
+    pending.clear()
+
+
+def gan_step(g, d, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, bce) -> tuple:
+    """One D step then one G step on this rank's batch; returns (loss_d, loss_g, D's logits on
+    [real; fake]). Under DDP each of G and D all-reduces (averages) its own gradients."""
+    b = real.size(0)
+    ones, zeros = torch.ones(b, device=real.device), torch.zeros(b, device=real.device)
+    fake = g(z)  # (B, 1, 28, 28)
+
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D in one
+    # forward (D has no BatchNorm, so this equals two passes, and DDP sees one forward per backward).
+    logits = d(torch.cat([real, fake.detach()]))
+    loss_d = bce(logits[:b], ones) + bce(logits[b:], zeros)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # (2) Update G: maximise log D(G(z)) (the non-saturating loss). D's gradients from this
+    # pass are thrown away at the next D step, so D skips its all-reduce here.
+    with (d.no_sync() if hasattr(d, "no_sync") else contextlib.nullcontext()):
+        loss_g = bce(d(fake), ones)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+    opt_g.step()
+    return loss_d, loss_g, logits
+
+
 def train_loop(config: Config, runtime) -> None:
     device = runtime.device
     images, _ = data.load(config.data_dir, config.cache_dir, train=True, limit=config.train_images)
@@ -54,6 +90,7 @@ def train_loop(config: Config, runtime) -> None:
                         generator=torch.Generator().manual_seed(config.seed))
     loader = runtime.prepare_loader(loader)  # under Ray: DistributedSampler + device placement
     g, d = build_models(config)
+    rng = RankRNG(config.seed, runtime.rank, device)  # from here on each rank draws its own noise and dropout
     g, d = runtime.prepare_model(g), runtime.prepare_model(d)  # two DDP modules, synced separately
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
@@ -66,7 +103,8 @@ def train_loop(config: Config, runtime) -> None:
         unwrap(d).load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng"])
+        if len(state.get("rng_by_rank", ())) == runtime.world_size:  # every rank continues its own stream
+            rng.load(state["rng_by_rank"][runtime.rank])
         start_epoch, step = state["epoch"] + 1, state["step"]
         last = dict(state.get("metrics", {}))  # a run resumed after its last epoch still has its final metrics
 
@@ -86,36 +124,24 @@ def train_loop(config: Config, runtime) -> None:
             loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
         epoch_start = time.perf_counter()
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
+        pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
         for (real,) in loader:
             real = real.to(device)
             b = real.size(0)
-            ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
-            fake = g(torch.randn(b, config.latent_dim, device=device))  # (B, 1, 28, 28)
-
-            # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D in one
-            # forward (D has no BatchNorm, so this equals two passes, and DDP sees one forward per backward).
-            logits = d(torch.cat([real, fake.detach()]))
-            loss_d = bce(logits[:b], ones) + bce(logits[b:], zeros)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            # (2) Update G: maximise log D(G(z)) (the non-saturating loss). D's gradients from this
-            # pass are thrown away at the next D step, so D skips its all-reduce here.
-            with (d.no_sync() if hasattr(d, "no_sync") else contextlib.nullcontext()):
-                loss_g = bce(d(fake), ones)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-            opt_g.step()
+            z = torch.randn(b, config.latent_dim, device=device, generator=rng.noise)  # this rank's own noise
+            loss_d, loss_g, logits = gan_step(g, d, opt_g, opt_d, real, z, bce)
 
             step += 1
             maybe_fail(config.fail_at_epoch, epoch, runtime)
             with torch.no_grad():
                 sums += torch.stack([loss_d.detach() * b, loss_g.detach() * b, torch.sigmoid(logits[:b]).sum(),
                                      torch.sigmoid(logits[b:]).sum(), torch.tensor(float(b), device=device)])
-            if writer is not None:
-                writer.add_scalar("Loss/Discriminator", loss_d.item(), step)
-                writer.add_scalar("Loss/Generator", loss_g.item(), step)
+            if writer is not None:  # per-step losses stay on the device; one host sync every log_every steps
+                pending.append(torch.stack([loss_d.detach(), loss_g.detach()]))
+                if len(pending) >= config.log_every:
+                    _flush_losses(writer, pending, step)
+        if writer is not None:
+            _flush_losses(writer, pending, step)
 
         totals = reduce_mean(sums) * runtime.world_size  # sums over every rank
         seconds = time.perf_counter() - epoch_start
@@ -126,6 +152,7 @@ def train_loop(config: Config, runtime) -> None:
             "images_per_s": n / seconds, "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started,
         }
         checkpoint = None
+        rng_by_rank = gather_objects(rng.state())  # every rank's streams, into rank 0's checkpoint
         if runtime.is_rank_zero:
             if epoch in score_epochs:
                 save_grid(sample(g, FIXED_NOISE, config.latent_dim, config.seed, device),
@@ -136,7 +163,7 @@ def train_loop(config: Config, runtime) -> None:
             checkpoint = {
                 "generator": unwrap(g).state_dict(), "discriminator": unwrap(d).state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "epoch": epoch, "step": step, "rng": torch.get_rng_state(), "metrics": metrics,
+                "epoch": epoch, "step": step, "rng_by_rank": rng_by_rank, "metrics": metrics,
             }
         runtime.report(metrics, checkpoint=checkpoint)
         last = metrics
@@ -150,7 +177,7 @@ def train_loop(config: Config, runtime) -> None:
         final.update(
             train_time_s=time.perf_counter() - started, resumed_from_epoch=state["epoch"] if state else 0,
             epochs_done=config.epochs, generator_path=str(out_dir / "generator.pt"),
-            classifier_accuracy=scorer.accuracy, world_size=runtime.world_size,
+            classifier_accuracy=scorer.accuracy, classifier_digest=scorer.digest, world_size=runtime.world_size,
             generator_params=sum(p.numel() for p in g.parameters()),
             discriminator_params=sum(p.numel() for p in d.parameters()),
         )

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workloads.common import atomic_path, cache_root
+from workloads.common import atomic_path, build_lock, cache_root
 from workloads.gan import data
 
 CLASSIFIER_FILE = "fmnist_classifier_v2.pt"  # bump when the architecture or training changes
@@ -35,35 +35,54 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: int = 0) -> Classifier:
+    """Deterministic for a given machine and thread count: the initial weights and the batch order
+    come from `seed`, and the global RNG is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Classifier()
+        generator = torch.Generator().manual_seed(seed)
+        batch = 128
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * -(-len(x) // batch))
+        for _ in range(epochs):
+            model.train()
+            for idx in torch.randperm(len(x), generator=generator).split(batch):
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                schedule.step()
+    return model.eval()
+
+
 def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4) -> tuple[Classifier, float]:
-    """The cached classifier and its test accuracy; trains it if absent (4 epochs, one-cycle Adam:
-    92.0% test accuracy in 38 s on 2 CPU cores, measured 2026-11-24)."""
+    """The cached classifier and its test accuracy; trains it once if absent (4 epochs, one-cycle
+    Adam: 92.0% test accuracy in 38 s on 2 CPU cores, measured 2026-11-24). On a cluster the cache
+    is on the shared storage: one builder (a file lock), every trial and run scores with the same
+    classifier (its digest is in every GAN trial row)."""
     path = cache_root(cache_dir) / CLASSIFIER_FILE
+    if not path.exists():
+        with build_lock(path):
+            if not path.exists():
+                x, y = data.load(data_dir, cache_dir, train=True)
+                model = train_classifier(x, y, epochs)
+                xt, yt = data.load(data_dir, cache_dir, train=False)
+                with torch.no_grad():
+                    accuracy = float(torch.cat([model(b).argmax(1) for b in xt.split(1000)]).eq(yt).float().mean())
+                with atomic_path(path) as tmp:
+                    torch.save({"model": model.state_dict(), "test_accuracy": accuracy}, tmp)
     model = Classifier()
-    if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        return model.eval(), float(state["test_accuracy"])
-    generator = torch.Generator().manual_seed(0)
-    x, y = data.load(data_dir, cache_dir, train=True)
-    batch = 128
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * -(-len(x) // batch))
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=generator).split(batch):
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-    model.eval()
-    xt, yt = data.load(data_dir, cache_dir, train=False)
-    with torch.no_grad():
-        accuracy = float(torch.cat([model(b).argmax(1) for b in xt.split(1000)]).eq(yt).float().mean())
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "test_accuracy": accuracy}, tmp)
-    return model, accuracy
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.eval(), float(state["test_accuracy"])
+
+
+def classifier_digest(cache_dir: str = "") -> str:
+    """sha256 (12 hex) of the cached classifier file: rows scored by the same classifier share it."""
+    import hashlib
+
+    return hashlib.sha256((cache_root(cache_dir) / CLASSIFIER_FILE).read_bytes()).hexdigest()[:12]
 
 
 @torch.no_grad()
@@ -103,6 +122,7 @@ class Scorer:
 
     def __init__(self, data_dir: str, cache_dir: str, n_images: int) -> None:
         self.model, self.accuracy = load_classifier(data_dir, cache_dir)
+        self.digest = classifier_digest(cache_dir)
         test_images, _ = data.load(data_dir, cache_dir, train=False, limit=n_images)
         self.reference, _ = features(self.model, test_images)
 

@@ -1,0 +1,151 @@
+"""A local autoscaling Ray cluster, shaped like cluster.yaml, on Ray's fake multi-node provider.
+
+A head with 1 CPU, no GPU and the `train_driver` resource; a CPU worker type and a GPU worker type
+(the GPU is only declared: there is no CUDA here), both starting at 0 nodes. Worker "nodes" are
+extra raylets on this machine that the autoscaler starts on demand. What the simulation cannot
+show: it runs none of cluster.yaml's setup or start commands, its nodes share one home directory,
+one file system and one PID space, and they boot in seconds (an AWS GPU node takes minutes).
+
+Started with `ray start --head` under a temp dir of its own; `stop()` ends only the processes whose
+command line names that dir, and their descendants (never `ray stop`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this type
+CPU_TYPE, GPU_TYPE = "cpu.spot", "gpu.spot.1x"  # named after cluster.yaml's worker types
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_config(gcs_address: str, cpu_max: int = 2, gpu_max: int = 2) -> dict:
+    empty_lists = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                   "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
+                   "rsync_filter")
+    return {
+        "cluster_name": "orchestrator-fake",
+        "max_workers": cpu_max + gpu_max,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": gcs_address},
+        "available_node_types": {
+            HEAD_TYPE: {"resources": {"CPU": 1, "train_driver": 64}, "node_config": {}, "max_workers": 0},
+            CPU_TYPE: {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": cpu_max},
+            GPU_TYPE: {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": gpu_max},
+        },
+        "head_node_type": HEAD_TYPE,
+        "auth": {}, "upscaling_speed": 1.0, "idle_timeout_minutes": 5, "docker": {}, "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        **{key: [] for key in empty_lists},
+    }
+
+
+class FakeCluster:
+    def __init__(self, shared: Path, env: dict | None = None) -> None:
+        self.shared = shared  # the "shared storage" every node sees (results, caches)
+        # a short temp dir: Ray's unix sockets live below it (paths are limited to 107 bytes)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rfc", dir="/tmp"))
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.config_path = self.temp_dir / "cluster.yaml"
+        bindir = str(Path(sys.executable).parent)
+        self.env = {**os.environ, **(env or {}), "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+                    "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_AUTH_MODE": "disabled",  # token auth is tested on its own (test_cluster_auth)
+                    "ORCHESTRATOR_CLUSTER_CONFIG": str(self.config_path),
+                    "ORCHESTRATOR_CACHE_DIR": str(shared / "cache")}  # as cluster.yaml sets it on every node
+        self.env.pop("RAY_ADDRESS", None)
+        self.address = ""
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> None:
+        import ray._private.services
+
+        ip = ray._private.services.get_node_ip_address()
+        self.address = f"{ip}:{self.port}"
+        self.config_path.write_text(yaml.safe_dump(fake_config(self.address)))
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.port}",
+               f"--autoscaling-config={self.config_path}", "--num-cpus=1", "--num-gpus=0",
+               "--resources=" + json.dumps({"train_driver": 64}), f"--temp-dir={self.temp_dir}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+        subprocess.run(cmd, env=self.env, check=True, capture_output=True, text=True, timeout=120)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the job API answers once the dashboard is up
+            if self.ray_cli("job", "list", check=False).returncode == 0:
+                return
+            time.sleep(1)
+        raise RuntimeError("the fake cluster's dashboard did not come up")
+
+    def ray_cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / "ray"), *args]
+        if args and args[0] == "job":
+            cmd.insert(3 if len(args) > 1 else 2, f"--address={self.dashboard}")
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=check, cwd=ROOT)
+
+    def nodes(self) -> list[dict]:
+        """Every node the cluster has had (dead ones too): id, alive, resources."""
+        code = ("import json, ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR'); "
+                "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
+                "for n in ray.nodes()]))") % self.address
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120,
+                             check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        stop_processes_of(self.temp_dir)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def processes_of(temp_dir: Path) -> list[int]:
+    """PIDs of the Ray processes started with this temp dir: those naming it, and their descendants."""
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if str(temp_dir) in " ".join(proc.info["cmdline"] or []):
+                roots.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    pids = set()
+    for proc in roots:
+        pids.add(proc.pid)
+        try:
+            pids.update(child.pid for child in proc.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(pids)
+
+
+def stop_processes_of(temp_dir: Path) -> None:
+    """SIGKILL what processes_of finds (a few sweeps: a dying raylet may still spawn)."""
+    for _ in range(3):
+        pids = processes_of(temp_dir)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)

@@ -1,0 +1,109 @@
+"""The cloud path end to end on a local autoscaling cluster (Ray's fake multi-node provider, shaped
+like cluster.yaml): `run all` at tiny settings with GPU-shaped scaling, submitted with `ray job
+submit`. Worker nodes start from zero; the GPU studies run on GPU-type nodes (declared GPUs without
+CUDA: ORCHESTRATOR_ALLOW_CPU_FALLBACK=1, the rows say so), minimax on the head or CPU-type nodes;
+each table lands once on the shared storage; the report renders; the job ends SUCCEEDED. Not shown
+here: real AWS, real GPUs, cluster.yaml's setup commands (see the README)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.results import read_table
+from tests.fake_cluster import FakeCluster
+from tests.test_chaos import TINY_ALL
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_SHAPED = [*TINY_ALL, "--set", "gan.use_gpu=true", "--set", "clip.use_gpu=true", "--set", "clip.num_workers=1",
+              "--set", "clip.cpus_per_worker=1"]
+
+
+def submit_run_all(cluster: FakeCluster, results: Path, data_dir: str, extra=()) -> str:
+    data_dir = str(Path(data_dir).resolve())  # the job runs in its own copy of the working dir
+    entry = ["python", "-m", "orchestrator", "run", "all", "--results", str(results), "--data-dir", data_dir,
+             "--no-dashboard", *GPU_SHAPED, *extra]
+    runtime_env = {"env_vars": {"ORCHESTRATOR_ALLOW_CPU_FALLBACK": "1"}}
+    # `local://`: the working dir already on every node. The README's `--working-dir .` uploads a zip
+    # that each node's runtime-env agent unpacks, overwriting, into <session>/runtime_resources: on
+    # fake nodes that share one file system each new node deletes the directory that running
+    # processes (the job's entrypoint among them) have as their cwd, a simulation artifact
+    out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json",
+                          json.dumps(runtime_env), "--no-wait", "--", *entry)
+    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+
+def wait_for_job(cluster: FakeCluster, job_id: str, timeout_s: float = 900) -> tuple[str, str]:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status, client.get_job_logs(job_id)
+        time.sleep(2)
+    client.stop_job(job_id)
+    return "TIMEOUT", client.get_job_logs(job_id)
+
+
+@pytest.fixture(scope="module")
+def cluster(gan_cache, tmp_path_factory):
+    shared = tmp_path_factory.mktemp("shared")
+    shutil.copytree(gan_cache, shared / "cache")  # FashionMNIST and the FID classifier, built once before
+    fake = FakeCluster(shared)
+    try:
+        fake.start()
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.mark.slow
+def test_run_all_as_a_ray_job_on_an_autoscaling_cluster(cluster, data_dir):
+    (head,) = [n for n in cluster.nodes() if n["alive"]]  # worker nodes start from zero
+    results = cluster.shared / "results"
+    job = submit_run_all(cluster, results, data_dir)
+    status, logs = wait_for_job(cluster, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "waiting for" in logs and "GPU node" in logs  # the terminal said what the trials waited for
+
+    nodes = {n["id"]: n for n in cluster.nodes()}
+    gpu_nodes = {i for i, n in nodes.items() if n["resources"].get("GPU", 0) > 0}
+    cpu_nodes = {i for i, n in nodes.items() if i != head["id"] and i not in gpu_nodes}
+    assert len(gpu_nodes) >= 1  # started by the autoscaler for the Train runs' placement groups
+
+    minimax = read_table(results / "minimax" / "trials.parquet")
+    assert len(minimax) == 5 * 300 and not minimax.duplicated(["algorithm", "lr"]).any()
+    assert set(minimax["node_id"]) <= cpu_nodes | {head["id"]}  # never on a GPU node
+    for study in ("gan", "clip"):
+        trials = read_table(results / study / "trials.parquet")
+        steps = read_table(results / study / "steps.parquet")
+        (row,) = trials.to_dict("records")
+        assert row["status"] == "TERMINATED" and row["node_id"] in gpu_nodes
+        assert row["device"] == "cpu" and row["cpu_fallback"]  # honest: no CUDA behind the declared GPU
+        assert sorted(steps["epoch"]) == [1, 2, 3]
+        assert row["code_version"] and row["ray_version"] and row["torch_version"]
+    gan = read_table(results / "gan" / "trials.parquet").iloc[0]
+    assert str(cluster.shared / "cache") == gan["cache_dir"]  # caches on the shared storage
+    assert len(read_table(results / "clip" / "prompts.parquet")) == 5 * 9
+
+    report = subprocess.run([sys.executable, "-m", "orchestrator", "report", "--results", str(results)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and (results / "report.html").stat().st_size > 10_000, report.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_trial_no_node_type_can_hold_fails_at_once_with_one_line(cluster, data_dir):
+    job = submit_run_all(cluster, cluster.shared / "results-too-big", data_dir,
+                         ["--set", "gan.cpus_per_worker=3", "--set", "minimax.num_lrs=10"])
+    status, logs = wait_for_job(cluster, job, timeout_s=300)
+    assert status == "FAILED"
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no node type of this cluster can ever provide that" in errors[0], logs[-3000:]
