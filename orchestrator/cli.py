@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does: Ray stopped, the lock released
+    """SIGTERM ends a run the way Ctrl-C does: Ray stopped, the lock released. A second SIGTERM
+    during that cleanup is ignored rather than allowed to cut it short (SIGKILL still ends it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,12 @@ def convert_sync_batchnorm(model, device, world_size: int, enabled: bool):
     import torch
 
     if enabled and world_size > 1 and torch.device(device).type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # timm's, not torch's: torch's converter turns timm's BatchNormAct2d (norm + its fused
+        # activation, all of EfficientNet's ReLU6) into a bare SyncBatchNorm, dropping the activation;
+        # timm's keeps it (SyncBatchNormAct) and converts plain BatchNorm like torch's does
+        from timm.layers import convert_sync_batchnorm as timm_convert
+
+        return timm_convert(model)
     return model
 
 

@@ -87,7 +87,10 @@ class FakeCluster:
                f"--autoscaling-config={self.config_path}", "--num-cpus=1", "--num-gpus=0",
                "--resources=" + json.dumps({"train_driver": 64}), f"--temp-dir={self.temp_dir}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-               f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+               f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+               # its own agent port: the default (52365) may be held by another Ray on this machine (the
+               # test session's), and without its agent the head accepts no job ("No available agent")
+               f"--dashboard-agent-listen-port={free_port()}"]
         subprocess.run(cmd, env=self.env, check=True, capture_output=True, text=True, timeout=120)
         deadline = time.time() + 60
         while time.time() < deadline:  # the job API answers once the dashboard is up
@@ -100,7 +103,10 @@ class FakeCluster:
         cmd = [str(Path(sys.executable).parent / "ray"), *args]
         if args and args[0] == "job":
             cmd.insert(3 if len(args) > 1 else 2, f"--address={self.dashboard}")
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=check, cwd=ROOT)
+        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        if check and done.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {done.returncode}: {(done.stdout + done.stderr)[-3000:]}")
+        return done
 
     def nodes(self) -> list[dict]:
         """Every node the cluster has had (dead ones too): id, alive, resources."""

@@ -232,3 +232,27 @@ def test_tied_ranks_equal_the_average_over_random_tie_breaking():
     draws = [retrieval_metrics(sim + 1e-9 * rng.random(sim.shape), image_of, ks=(1, 2)) for _ in range(3000)]
     for key in ("t2i_r1", "t2i_r2", "i2t_r1", "i2t_r2", "t2i_mean_rank", "i2t_mean_rank"):
         assert m[key] == pytest.approx(np.mean([d[key] for d in draws]), abs=0.02), key
+
+
+def test_images_decoded_once_into_the_cache_give_the_old_tensors(data_dir, tmp_path):
+    from pathlib import Path
+
+    from workloads.clip import data, images
+
+    root = Path(data_dir) / "flickr8k_subset" / "images"
+    names = sorted(p.name for p in root.glob("*.jpg"))[:6]
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    array = images.image_array(root, names, 64, cache_dir=str(tmp_path), workers=2)
+    assert array.shape == (6, 64, 64, 3) and array.dtype == np.uint8 and isinstance(array, np.memmap)
+    old = torch.stack([data.load_image(root / name, data.image_transform(64, mean, std)) for name in names])
+    new = images.Normalise(mean, std, "cpu")(torch.stack([images.ArrayImages(array)[i] for i in range(6)]))
+    assert torch.allclose(old, new, atol=1e-6) and new.is_contiguous(memory_format=torch.channels_last)
+    (cached,) = (tmp_path / "clip_images").glob("*.npy")
+    stamp = cached.stat().st_mtime_ns
+    images.image_array(root, names, 64, cache_dir=str(tmp_path))  # every later trial and epoch: the same file
+    assert cached.stat().st_mtime_ns == stamp
+
+
+def test_a_diverged_models_nan_scores_never_look_perfect():
+    m = retrieval_metrics(np.full((10, 5), np.nan), np.repeat(np.arange(5), 2))
+    assert m["t2i_r1"] == pytest.approx(1 / 5) and m["t2i_mean_rank"] == pytest.approx(3.0)  # chance, not 1.0

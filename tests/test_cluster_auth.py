@@ -49,7 +49,8 @@ def test_the_head_started_as_cluster_yaml_starts_it_refuses_unauthenticated_requ
         command = re.sub(r"--autoscaling-config=\S+", "", command)
         if "ray start" in command:
             command += (f" --temp-dir={temp_dir} --dashboard-port={dashboard} --num-cpus=1 --include-dashboard=true"
-                        f" --ray-client-server-port={free_port()} --disable-usage-stats")
+                        f" --ray-client-server-port={free_port()} --disable-usage-stats"
+                        f" --dashboard-agent-listen-port={free_port()}")
         return command
 
     real_token = Path.home() / ".ray" / "auth_token"

@@ -34,8 +34,14 @@ def submit_run_all(cluster: FakeCluster, results: Path, data_dir: str, extra=())
     # that each node's runtime-env agent unpacks, overwriting, into <session>/runtime_resources: on
     # fake nodes that share one file system each new node deletes the directory that running
     # processes (the job's entrypoint among them) have as their cwd, a simulation artifact
-    out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json",
-                          json.dumps(runtime_env), "--no-wait", "--", *entry)
+    deadline = time.time() + 120
+    while True:  # the head's job agent registers a little after the dashboard answers
+        out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json",
+                              json.dumps(runtime_env), "--no-wait", "--", *entry, check=False)
+        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
 
 

@@ -71,6 +71,7 @@ def _gan_step(rank: int, world: int, out: dict) -> None:
         g, d = nn.parallel.DistributedDataParallel(g), nn.parallel.DistributedDataParallel(d)
     opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.1)
     gan_step(g, d, opt_g, opt_d, real[part], z[part], nn.BCEWithLogitsLoss())
+    out["gan_init"] = build_models(Config(dropout=0.0))[0].state_dict()
     out["gan"] = {k: v.detach().clone() for k, v in getattr(g, "module", g).state_dict().items()}
     out["gan_d"] = {k: v.detach().clone() for k, v in getattr(d, "module", d).state_dict().items()}
 
@@ -100,6 +101,8 @@ def _streams(rank: int, out: dict) -> None:
     rng = RankRNG(42, rank, "cpu")
     out["fakes"] = g(torch.randn(8, 100, generator=rng.noise)).detach()
     states = gather_objects(rng.state())  # what rank 0 checkpoints
+    out["states"] = states
+    out["own_state"] = rng.state()
     out["next"] = (torch.randn(4, 100, generator=rng.noise), torch.rand(5))  # noise, then a dropout-like draw
     resumed = RankRNG(42, rank, "cpu")  # a restarted worker: fresh streams, then the checkpoint's
     resumed.load(states[rank])
@@ -133,6 +136,8 @@ def ranks(tmp_path_factory):
 @pytest.mark.parametrize("part", ["gan", "gan_d", "clip"])
 def test_a_two_rank_step_equals_one_step_on_the_global_batch(ranks, part):
     single, per_rank = ranks
+    if part == "gan":  # the step moved the weights (an equivalence of two no-ops would prove nothing)
+        assert any(not torch.equal(single["gan"][k], v) for k, v in single["gan_init"].items() if v.is_floating_point())
     for rank in per_rank:  # DDP keeps the ranks identical...
         for name, value in single[part].items():  # ...and equal to the one-process step
             assert torch.allclose(rank[part][name].float(), value.float(), atol=1e-5), (part, name)
@@ -147,6 +152,9 @@ def test_models_start_identical_and_ranks_draw_their_own_noise(ranks):
 
 def test_a_resumed_rank_continues_its_own_random_stream(ranks):
     _, per_rank = ranks
+    for r, rank in enumerate(per_rank):  # the checkpoint holds every rank's own streams
+        for other, theirs in enumerate(per_rank):
+            assert torch.equal(rank["states"][other]["noise"], theirs["own_state"]["noise"]), (r, other)
     for rank in per_rank:
         assert torch.equal(rank["resumed"][0], rank["next"][0]) and torch.equal(rank["resumed"][1], rank["next"][1])
 
@@ -155,8 +163,14 @@ def test_a_resumed_rank_continues_its_own_random_stream(ranks):
 def test_the_runtime_converts_batchnorm_to_syncbatchnorm_on_cuda_ddp():
     from orchestrator.ray_workers import convert_sync_batchnorm
 
+    import timm
+
     from workloads.gan.models import Generator
 
     model = convert_sync_batchnorm(Generator(), device=torch.device("cuda"), world_size=2, enabled=True)
     assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     assert not any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in model.modules())
+    net = timm.create_model("efficientnet_lite0", num_classes=0).eval()  # BatchNormAct2d: norm + ReLU6
+    x = torch.randn(2, 3, 64, 64)
+    before = net(x)
+    assert torch.allclose(convert_sync_batchnorm(net, torch.device("cuda"), 2, True).cuda()(x.cuda()).cpu(), before, atol=1e-5)

@@ -84,7 +84,7 @@ class RankRNG:
     def state(self) -> dict:
         import torch
 
-        out = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state()}
+        out = {"device": self.device.type, "cpu": torch.get_rng_state(), "noise": self.noise.get_state()}
         if self.device.type == "cuda":
             out["cuda"] = torch.cuda.get_rng_state(self.device)
         return out
@@ -93,6 +93,8 @@ class RankRNG:
         import torch
 
         torch.set_rng_state(state["cpu"])
+        if state.get("device", "cpu") != self.device.type:
+            return  # resumed on another kind of device (a CUDA generator's state is no CPU one's): fresh noise seeds
         self.noise.set_state(state["noise"])
         if "cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -55,10 +56,12 @@ def image_array(root: Path, names: list[str], size: int, cache_dir: str = "", wo
     if not path.exists():
         with build_lock(path):
             if not path.exists():
-                workers = workers or len(os.sched_getaffinity(0))
+                # the CPUs this process was given (Ray sets OMP_NUM_THREADS to a worker's CPUs), not the node's
+                workers = workers or int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
                 chunks = [(str(root), names[i:i + 64], size) for i in range(0, len(names), 64)]
                 if workers > 1 and len(chunks) > 1:
-                    with ProcessPoolExecutor(workers) as pool:
+                    # forkserver: no fork of a process that already runs threads (Ray's, torch's) or CUDA
+                    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
                         parts = list(pool.map(_decode_chunk, chunks))
                 else:
                     parts = [_decode_chunk(chunk) for chunk in chunks]

@@ -39,11 +39,12 @@ def _expected_rank(greater: np.ndarray, tied_other: np.ndarray, tied_own: np.nda
 
 def retrieval_metrics(sim: np.ndarray, image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     sim = np.asarray(sim, dtype=np.float64)
+    sim = np.where(np.isnan(sim), -np.inf, sim)  # a diverged model's NaN scores rank last, never first
     image_of = np.asarray(image_of)
     n_text, n_image = sim.shape
     # text -> image: one target per caption
     target = sim[np.arange(n_text), image_of][:, None]  # (T, 1)
-    t2i = ((sim > target).sum(axis=1), (sim == target).sum(axis=1) - 1, np.ones(n_text))
+    t2i = ((sim > target).sum(axis=1), np.clip((sim == target).sum(axis=1) - 1, 0, None), np.ones(n_text))
     # image -> text: the targets are the image's own captions; the best of them decides
     cols = sim.T  # (I, T)
     own = np.zeros((n_image, n_text), dtype=bool)

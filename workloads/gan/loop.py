@@ -84,6 +84,8 @@ def gan_step(g, d, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, bce) -> tu
 
 def train_loop(config: Config, runtime) -> None:
     device = runtime.device
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     images, _ = data.load(config.data_dir, config.cache_dir, train=True, limit=config.train_images)
     per_rank = max(1, config.batch_size // runtime.world_size)  # global batch = batch_size
     loader = DataLoader(TensorDataset(images), batch_size=per_rank, shuffle=True, drop_last=True,
