@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting: FIELD=VALUE for one study, STUDY.FIELD=VALUE under 'all'; "
                      "repeatable; see `list` for the fields")
     run.add_argument("--address", default=None, metavar="ADDR",
-                     help="join a running Ray cluster (e.g. auto, or ray://host:10001) instead of starting one")
+                     help="join a running Ray cluster (auto, or HOST:PORT of its GCS) instead of starting one; default: "
+                     "$RAY_ADDRESS (set inside a Ray job), else a local Ray. ray:// (Ray Client) is refused: "
+                     "submit with `ray job submit` instead")
     run.add_argument("--data-dir", default=None, metavar="DIR",
                      help="folder holding FashionMNIST/ (and flickr8k_subset/); default: $ORCHESTRATOR_DATA_DIR, "
                      "else download where possible")

@@ -80,10 +80,13 @@ def _project_rules(path: Path, raw: dict) -> None:
     installs = [c for c in raw.get("setup_commands") or [] if "pip install" in c and ".[aws]" in c]
     if installs and not all(f"-c {PINS}" in c for c in installs):
         raise SpecError(f"{path}: setup_commands install the project without `-c {PINS}` (torch pinned to the AMI's driver)")
+    if any((t.get("resources") or {}).get("GPU") for t in types.values()) and not any(
+            "cuda.is_available" in c for c in raw.get("setup_commands") or []):
+        raise SpecError(f"{path}: setup_commands need a check that torch can use a GPU node's GPU (fail setup loudly)")
     for name, spec in types.items():
-        if (spec.get("resources") or {}).get("GPU") and not any(
-                "cuda.is_available" in c for c in spec.get("worker_setup_commands") or []):
-            raise SpecError(f"{path}: {name}: a GPU node type needs a worker_setup_commands check that torch can use its GPU")
+        if "worker_setup_commands" in spec:  # Ray: a node type's own list replaces the global setup commands
+            raise SpecError(f"{path}: {name}: worker_setup_commands of a node type replace the global setup_commands "
+                            "(no EFS mount, no install on those nodes); put node checks in setup_commands")
         if name != raw.get("head_node_type") and (spec.get("resources") or {}).get("train_driver"):
             raise SpecError(f"{path}: {name}: the train_driver resource belongs on the head only (drivers on a safe node)")
     if types and not any(not (t.get("resources") or {}).get("GPU") for n, t in types.items() if n != raw.get("head_node_type")):

@@ -128,6 +128,20 @@ def _need_text(scaling: Scaling) -> str:
             f"{f' + {scaling.gpus_per_worker:g} GPU' if scaling.use_gpu else ''}")
 
 
+def _cpu_trials_at_once(scaling: Scaling, joined: bool) -> int | None:
+    """Single-process trials at once on an autoscaling cluster: what the head and the CPU node
+    types can hold. More demand than that would make the autoscaler start GPU nodes for CPU work
+    (they have CPUs too). None (no limit) where the node types are unknown."""
+    from orchestrator import ray_cluster
+
+    known = ray_cluster.cluster_node_types(joined)
+    if known is None:
+        return None
+    types, max_workers = known
+    cpu_types = [t for t in types if not t.resources.get("GPU")]
+    return max(1, ray_cluster.max_worker_slots(cpu_types, max_workers, {"CPU": scaling.cpus_per_worker}))
+
+
 def _max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -> int | None:
     """How many Train trials to run at once so that they never starve each other: what the cluster
     can hold at its largest (autoscaling: its node types and max_workers), else what it holds now.
@@ -354,7 +368,7 @@ def run_experiment(
             tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
             {"cpu": exp.scaling.cpus_per_worker},
         )
-        concurrent = exp.scaling.max_concurrent_trials or None
+        concurrent = exp.scaling.max_concurrent_trials or _cpu_trials_at_once(exp.scaling, joined)
     collector_cls, stopper_cls = _collector_classes()
     collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end)
     stopper = stopper_cls(collector.key)

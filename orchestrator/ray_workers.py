@@ -58,7 +58,7 @@ class _TuneRuntime:
         from ray import tune
 
         node = ray.get_runtime_context().get_node_id()  # which node ran it (a column of every row)
-        extra = software("cpu", "cpu", 1, sync_bn=False) if final else {}
+        extra = software("cpu", "cpu", 1, sync_bn=False, cpu_fallback=False) if final else {}
         tune.report({**metrics, **extra, "node_id": node, TABLE_KEY: table_of(final, table)})
 
     def restore(self):

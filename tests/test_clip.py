@@ -245,7 +245,7 @@ def test_images_decoded_once_into_the_cache_give_the_old_tensors(data_dir, tmp_p
     array = images.image_array(root, names, 64, cache_dir=str(tmp_path), workers=2)
     assert array.shape == (6, 64, 64, 3) and array.dtype == np.uint8 and isinstance(array, np.memmap)
     old = torch.stack([data.load_image(root / name, data.image_transform(64, mean, std)) for name in names])
-    new = images.Normalise(mean, std, "cpu")(torch.stack([images.ArrayImages(array)[i] for i in range(6)]))
+    new = images.Normalise(mean, std, "cpu")(images.collate([images.ArrayImages(array)[i] for i in range(6)]))
     assert torch.allclose(old, new, atol=1e-6) and new.is_contiguous(memory_format=torch.channels_last)
     (cached,) = (tmp_path / "clip_images").glob("*.npy")
     stamp = cached.stat().st_mtime_ns

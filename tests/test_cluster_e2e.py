@@ -78,7 +78,9 @@ def test_run_all_as_a_ray_job_on_an_autoscaling_cluster(cluster, data_dir):
     job = submit_run_all(cluster, results, data_dir)
     status, logs = wait_for_job(cluster, job)
     assert status == "SUCCEEDED", logs[-4000:]
-    assert "waiting for" in logs and "GPU node" in logs  # the terminal said what the trials waited for
+    minimax_part, gpu_part = logs.split("[minimax] 15 trials")
+    assert "waiting for" in logs and "GPU node" in gpu_part  # the terminal said what the trials waited for
+    assert "GPU node" not in minimax_part  # CPU work never asked for a GPU node
 
     nodes = {n["id"]: n for n in cluster.nodes()}
     gpu_nodes = {i for i, n in nodes.items() if n["resources"].get("GPU", 0) > 0}

@@ -177,3 +177,24 @@ def test_report_shows_curves_and_sample_grids(ddp_run, capsys):
     assert main(["report", "--results", str(ddp_run)]) == 0
     page = (ddp_run / "report.html").read_text()
     assert "<h2>gan</h2>" in page and len(html_images(page)) == 3  # curves + 2 sample grids
+
+
+def test_the_step_runs_in_channels_last_and_bf16_as_in_fp32():
+    """The GPU settings, on CPU: channels_last gives the same step; bf16 autocast (CPU autocast here)
+    a close one. (Their speed is a GPU question: bench/bench_gpu.py.)"""
+    import contextlib
+
+    from torch import nn
+
+    def step(layout, autocast):
+        g, d = loop.build_models(Config(dropout=0.0))
+        g, d = g.to(memory_format=layout), d.to(memory_format=layout)
+        opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.1)
+        real = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1).contiguous(memory_format=layout)
+        z = torch.randn(16, 100, generator=torch.Generator().manual_seed(1))
+        loss_d, loss_g, _ = loop.gan_step(g, d, opt_g, opt_d, real, z, nn.BCEWithLogitsLoss(), autocast)
+        return loss_d.item(), loss_g.item()
+
+    plain = step(torch.contiguous_format, contextlib.nullcontext())
+    assert step(torch.channels_last, contextlib.nullcontext()) == pytest.approx(plain, rel=1e-4)
+    assert step(torch.contiguous_format, torch.autocast("cpu", dtype=torch.bfloat16)) == pytest.approx(plain, rel=0.05)

@@ -71,7 +71,8 @@ def image_array(root: Path, names: list[str], size: int, cache_dir: str = "", wo
 
 
 class ArrayImages(torch.utils.data.Dataset):
-    """Item i: image i as a (size, size, 3) uint8 tensor (a copy out of the memory map)."""
+    """Item i: image i, a (size, size, 3) uint8 view into the memory map (no copy); `collate`
+    copies a whole batch out at once."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
@@ -79,8 +80,17 @@ class ArrayImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.array)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.array[i]))
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array[i]
+
+
+def collate(batch: list):
+    """A batch of uint8 image views (or of (image, caption index) pairs) -> one (B, H, W, 3) uint8
+    tensor (one copy, writable) [, (B,) int64]: the only per-batch CPU work of the input path."""
+    if isinstance(batch[0], tuple):
+        images, ids = zip(*batch)
+        return torch.from_numpy(np.stack(images)), torch.as_tensor(ids)
+    return torch.from_numpy(np.stack(batch))
 
 
 class Normalise:

@@ -72,7 +72,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict:
 @torch.no_grad()
 def encode_images(model: CLIP, images, normalise, batch: int = 64) -> torch.Tensor:
     """Pooled features of uint8 images (see images.py), normalised on the model's device."""
-    loader = DataLoader(images, batch_size=batch)
+    loader = DataLoader(images, batch_size=batch, collate_fn=images_mod.collate)
     return torch.cat([model.image_features(normalise(x)).float().cpu() for x in loader])
 
 
@@ -171,6 +171,7 @@ def train_loop(config: Config, runtime) -> None:
     per_rank = max(1, config.batch_size // runtime.world_size)
     loader = runtime.prepare_loader(DataLoader(pairs, batch_size=per_rank, shuffle=True, drop_last=len(pairs) > per_rank,
                                                generator=torch.Generator().manual_seed(config.seed),
+                                               collate_fn=None if feats is not None else images_mod.collate,
                                                pin_memory=torch.device(device).type == "cuda"))
     opt = optimizer(model, config)
     rng = RankRNG(config.seed, runtime.rank, device)  # the heads' dropout masks differ per rank

@@ -21,6 +21,9 @@ class Config:
     fid_images: int = 2000  # generated and test images compared by the FID
     data_dir: str = ""  # folder holding FashionMNIST/ ("" -> $ORCHESTRATOR_DATA_DIR, else download)
     cache_dir: str = ""  # extracted data and the cached FID classifier ("" -> ~/.cache/orchestrator)
+    channels_last: bool = False  # G, D and batches in NHWC (cuDNN's fast conv layout); measure before turning on
+    amp: bool = False  # bf16 autocast of the forwards on CUDA (losses stay fp32); ignored on CPU
+    compile: bool = False  # torch.compile G and D (worth it only for long runs: compiling takes minutes)
     log_every: int = 50  # steps between TensorBoard writes of the per-step losses (one GPU->host sync each)
     fail_at_epoch: int = 0  # test hook: rank 0 crashes once in the middle of this epoch (0: never)
 

@@ -57,16 +57,21 @@ def _flush_losses(writer, pending: list, last_step: int) -> None:
     pending.clear()
 
 
-def gan_step(g, d, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, bce) -> tuple:
+def gan_step(g, d, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, bce,
+             autocast=contextlib.nullcontext()) -> tuple:
     """One D step then one G step on this rank's batch; returns (loss_d, loss_g, D's logits on
-    [real; fake]). Under DDP each of G and D all-reduces (averages) its own gradients."""
+    [real; fake]). Under DDP each of G and D all-reduces (averages) its own gradients. `autocast`
+    covers the forwards; the losses are taken in fp32."""
     b = real.size(0)
     ones, zeros = torch.ones(b, device=real.device), torch.zeros(b, device=real.device)
-    fake = g(z)  # (B, 1, 28, 28)
+    with autocast:
+        fake = g(z)  # (B, 1, 28, 28)
 
     # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D in one
     # forward (D has no BatchNorm, so this equals two passes, and DDP sees one forward per backward).
-    logits = d(torch.cat([real, fake.detach()]))
+    with autocast:
+        logits = d(torch.cat([real, fake.detach().to(real.dtype)]))
+    logits = logits.float()
     loss_d = bce(logits[:b], ones) + bce(logits[b:], zeros)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
@@ -75,7 +80,9 @@ def gan_step(g, d, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, bce) -> tu
     # (2) Update G: maximise log D(G(z)) (the non-saturating loss). D's gradients from this
     # pass are thrown away at the next D step, so D skips its all-reduce here.
     with (d.no_sync() if hasattr(d, "no_sync") else contextlib.nullcontext()):
-        loss_g = bce(d(fake), ones)
+        with autocast:
+            verdict = d(fake)
+        loss_g = bce(verdict.float(), ones)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
     opt_g.step()
@@ -93,7 +100,13 @@ def train_loop(config: Config, runtime) -> None:
     loader = runtime.prepare_loader(loader)  # under Ray: DistributedSampler + device placement
     g, d = build_models(config)
     rng = RankRNG(config.seed, runtime.rank, device)  # from here on each rank draws its own noise and dropout
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    g, d = g.to(memory_format=layout), d.to(memory_format=layout)
     g, d = runtime.prepare_model(g), runtime.prepare_model(d)  # two DDP modules, synced separately
+    if config.compile:
+        g, d = torch.compile(g), torch.compile(d)
+    on_cuda = torch.device(device).type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and on_cuda else contextlib.nullcontext()
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     bce = nn.BCEWithLogitsLoss()
@@ -128,10 +141,10 @@ def train_loop(config: Config, runtime) -> None:
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
         pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
         for (real,) in loader:
-            real = real.to(device)
+            real = real.to(device).contiguous(memory_format=layout)
             b = real.size(0)
             z = torch.randn(b, config.latent_dim, device=device, generator=rng.noise)  # this rank's own noise
-            loss_d, loss_g, logits = gan_step(g, d, opt_g, opt_d, real, z, bce)
+            loss_d, loss_g, logits = gan_step(g, d, opt_g, opt_d, real, z, bce, autocast)
 
             step += 1
             maybe_fail(config.fail_at_epoch, epoch, runtime)

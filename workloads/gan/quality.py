@@ -58,7 +58,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: in
 
 def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4) -> tuple[Classifier, float]:
     """The cached classifier and its test accuracy; trains it once if absent (4 epochs, one-cycle
-    Adam: 92.0% test accuracy in 38 s on 2 CPU cores, measured 2026-11-24). On a cluster the cache
+    Adam: 91.8% test accuracy in 38 s on 2 CPU cores, measured 2026-11-24). On a cluster the cache
     is on the shared storage: one builder (a file lock), every trial and run scores with the same
     classifier (its digest is in every GAN trial row)."""
     path = cache_root(cache_dir) / CLASSIFIER_FILE
