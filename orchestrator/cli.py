@@ -205,6 +205,11 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    address = args.address or os.environ.get("RAY_ADDRESS") or ""
+    if address.startswith("ray://"):
+        from orchestrator.ray_backend import CLIENT_REFUSED
+
+        raise SpecError(CLIENT_REFUSED)
     experiments = resolve(args.study, args.profile, args.overrides, args.data_dir)
     store = ResultStore(args.results)
     store.open_for_writing()
@@ -229,11 +234,15 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     done = {e.study: pd.DataFrame() if args.fresh else store.finished(e.study, keys[e.study]) for e in experiments}
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
-        preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here, before any row (the run's spec included) is written
-    for exp in experiments:
-        store.write_spec(exp.study, run_id, _spec_frame(exp, keys[exp.study], done[exp.study], run_id, args.profile))
-        _say_other_versions(exp.study, done[exp.study])
+        preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here
+
+    def record_spec() -> None:  # only once the run can go ahead: `report` shows the latest spec's trials
+        for exp in experiments:
+            store.write_spec(exp.study, run_id, _spec_frame(exp, keys[exp.study], done[exp.study], run_id, args.profile))
+            _say_other_versions(exp.study, done[exp.study])
+
     if not pending:  # every trial finished in an earlier run: no Ray to start
+        record_spec()
         print(f"every trial of {', '.join(e.study for e in experiments)} ({args.profile}) already finished in "
               f"{store.root}: nothing to run (--fresh reruns them)")
         for exp in experiments:
@@ -244,6 +253,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
     if handler is _terminate:
         signal.signal(signal.SIGTERM, _terminate)  # ray.init replaced ours with a bare sys.exit
+    record_spec()
     failed, summary = 0, []
     try:
         if session.dashboard_url:

@@ -75,7 +75,7 @@ EXPERIMENTS: dict[str, dict[str, Experiment]] = {
     "gan": {
         "local": Experiment(
             study="gan", profile="local",
-            summary="1 trial, 2-worker DDP on CPU: 12800 real images x 4 epochs, lr 2e-4, FID on 1000 (~3 min)",
+            summary="1 trial, 2-worker DDP on CPU: 12800 real images x 4 epochs, lr 2e-4, FID on 1000 (~5 min on 2 CPU cores)",
             config=gan.Config(train_images=12800, epochs=4, lr=2e-4, sample_epochs=(1, 2, 4), fid_images=1000),
             scaling=Scaling(num_workers=2, cpus_per_worker=1.0),
         ),
@@ -94,7 +94,7 @@ EXPERIMENTS: dict[str, dict[str, Experiment]] = {
         "local": Experiment(
             study="clip", profile="local",
             summary="1 trial on flickr8k_subset (1500 train / 500 test images): the offline pretrained pair "
-            "EfficientNet-Lite0 + all-MiniLM-L6-v2, frozen (features cached), heads trained 10 epochs (~2 min)",
+            "EfficientNet-Lite0 + all-MiniLM-L6-v2, frozen (features cached), heads trained 10 epochs (~2 min; ~20 s once features are cached)",
             # 10 epochs: on 1500 images the heads overfit after ~8-10 (test R@10 0.58 at 8, 0.50 at 40)
             config=clip.Config(**OFFLINE_PAIR, train_image_encoder=False, train_text_encoder=False,
                                epochs=10, batch_size=128),

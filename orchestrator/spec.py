@@ -161,7 +161,8 @@ def split_overrides(pairs: list[str], studies: list[str], all_studies: bool) -> 
                 raise SpecError(f"--set {pair!r}: {study!r} is not a study being run ({', '.join(studies)})")
             out[study][name] = raw
         elif all_studies or len(studies) != 1:
-            raise SpecError(f"--set {pair!r}: under 'run all' name the study, e.g. {studies[0]}.{key}={raw}")
+            raise SpecError(f"--set {pair!r}: under 'run all' name the study, e.g. STUDY.{key}={raw} "
+                            f"(STUDY: {', '.join(studies)}; `list` shows each study's settings)")
         else:
             out[studies[0]][key] = raw
     return out

@@ -155,3 +155,20 @@ def test_html_report_is_self_contained(finished_run, capsys):
     images = html_images(page)
     assert len(images) >= 2 and all(img[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "<h2>minimax</h2>" in page and "(0, 0.25)" in page and "<h3>runs</h3>" in page
+
+
+def test_a_run_that_cannot_start_leaves_the_report_as_it_was(finished_run, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    capsys.readouterr()
+    assert main(["report", "minimax", "--results", str(finished_run)]) == 0
+    before = capsys.readouterr().out
+    args = ["run", "minimax", "--results", str(finished_run), "--set", "steps=777"]  # a new spec...
+    assert main([*args, "--address", f"127.0.0.1:{port}"]) == 2  # ...whose run never started
+    assert main([*args, "--address", "ray://127.0.0.1:10001"]) == 2
+    capsys.readouterr()
+    assert main(["report", "minimax", "--results", str(finished_run)]) == 0
+    assert capsys.readouterr().out == before
