@@ -17,8 +17,7 @@ def study_report(study: str, store: ResultStore, run_id: str | None = None) -> t
     if trials.empty:
         raise StoreError(f"no finished trial of {study}'s latest run spec yet ({missing} to run): "
                          "run it, or pick a run with --run")
-    trials = trials.assign(attempt=trials["attempt"].fillna(trials["trial_key"]) if "attempt" in trials
-                           else trials["trial_key"])
+    trials = trials.assign(attempt=attempts(trials))
     out_dir = store.root / study / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     text, images = REPORTS[study](store, trials, out_dir)
@@ -29,13 +28,17 @@ def study_report(study: str, store: ResultStore, run_id: str | None = None) -> t
     return f"{study} ({where})\n{text}", images
 
 
+def attempts(frame: pd.DataFrame) -> pd.Series:
+    """Each row's attempt (the trial's file name); rows written before the column existed: the trial key."""
+    return frame["attempt"].fillna(frame["trial_key"]) if "attempt" in frame else frame["trial_key"]
+
+
 def steps_of(store: ResultStore, study: str, trials: pd.DataFrame) -> pd.DataFrame:
     """The steps rows of these trial rows: those of the same attempt (its files, across resumed runs)."""
     steps = store.read(study, "steps")
     if steps.empty:
         return steps
-    attempt = steps["attempt"].fillna(steps["trial_key"]) if "attempt" in steps else steps["trial_key"]
-    return steps[attempt.isin(set(trials["attempt"]))]
+    return steps[attempts(steps).isin(set(trials["attempt"]))]
 
 
 def _label(trials: pd.DataFrame) -> str:
@@ -193,8 +196,7 @@ def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tupl
     prompts = store.read("clip", "prompts")
     grids = []
     if len(prompts):
-        attempt = prompts["attempt"].fillna(prompts["trial_key"]) if "attempt" in prompts else prompts["trial_key"]
-        prompts = prompts[attempt.isin(set(trials["attempt"]))]
+        prompts = prompts[attempts(prompts).isin(set(trials["attempt"]))]
         grids = [Path(g) for g in sorted(prompts["grid"].unique())]
         lines += [f"prompt grid: {g}" for g in grids]
     return "\n".join(lines), grids
