@@ -1,8 +1,17 @@
 """`python -m orchestrator`: see orchestrator.cli."""
 
+import os
 import sys
 
 from orchestrator.cli import main
+from orchestrator.interrupts import INTERRUPTED
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == INTERRUPTED:
+        # Ray is already shut down (cli._interrupted): skip the interpreter's finalisation, where a
+        # Ray interrupted inside ray.init crashed with SIGSEGV instead of exiting 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator import interrupts
 from orchestrator.experiments import EXPERIMENTS, PROFILES, studies
 from orchestrator.provenance import code_version
 from orchestrator.registry import WORKLOADS
 from orchestrator.results import FINISHED, ResultStore, StoreError
 from orchestrator.runlock import LockHeld, RunLock
+from orchestrator.interrupts import INTERRUPTED
 from orchestrator.spec import Experiment, SpecError, split_overrides, trial_key
 from workloads.common import CACHE_ENV, DATA_ENV
 
@@ -92,29 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum, frame) -> None:
-    """SIGTERM ends a run the way Ctrl-C does: Ray stopped, the lock released. A second SIGTERM
-    during that cleanup is ignored rather than allowed to cut it short (SIGKILL still ends it)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines appear live through a pipe or a log file
-    handles_term = args.command == "run" and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if handles_term else None
-    try:
+    with interrupts.handled(args.command == "run" and threading.current_thread() is threading.main_thread()):
         return _dispatch(args)
-    finally:
-        if handles_term:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupted() -> int:
+    interrupts.stop_ray()  # a Ray started by this run, even one interrupted inside ray.init
     print("interrupted: finished trials and epochs are saved; run the same command again to resume", file=sys.stderr)
-    return 130
+    return INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -249,10 +240,8 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             study, text = _summary(exp, done[exp.study], 0)
             print(f"  {study:<8} {text}")
         return 0
-    handler = signal.getsignal(signal.SIGTERM)
-    session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
-    if handler is _terminate:
-        signal.signal(signal.SIGTERM, _terminate)  # ray.init replaced ours with a bare sys.exit
+    with interrupts.starting_ray(owned=not ray_backend.ray_is_up()):
+        session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
     record_spec()
     failed, summary = 0, []
     try:

@@ -91,6 +91,15 @@ def _project_rules(path: Path, raw: dict) -> None:
             raise SpecError(f"{path}: {name}: the train_driver resource belongs on the head only (drivers on a safe node)")
     if types and not any(not (t.get("resources") or {}).get("GPU") for n, t in types.items() if n != raw.get("head_node_type")):
         raise SpecError(f"{path}: no CPU worker type: single-process trials would make the autoscaler start GPU nodes")
+    for name, spec in types.items():  # single-process trials ask for cpu_node: only CPU-only nodes may have it
+        res = spec.get("resources") or {}
+        if res.get("GPU") and res.get("cpu_node"):
+            raise SpecError(f"{path}: {name}: a GPU type must not declare cpu_node (single-process trials would start it)")
+        if not res.get("GPU") and res.get("cpu_node") != res.get("CPU"):
+            raise SpecError(f"{path}: {name}: declare cpu_node equal to its CPUs ({res.get('CPU')}): single-process "
+                            "trials ask for it, so the autoscaler never starts a GPU node for them")
+    if "ray start" in head_start and '"cpu_node"' not in head_start:
+        raise SpecError(f"{path}: head_start_ray_commands: give the head's `ray start --resources` its cpu_node")
 
 
 def placeholders(raw: dict) -> list[str]:

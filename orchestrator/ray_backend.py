@@ -30,6 +30,7 @@ from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
 DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
+CPU_NODE_RESOURCE = "cpu_node"  # declared by CPU-only node types (as many as their CPUs): single-process trials' home
 CPU_FALLBACK_ENV = "ORCHESTRATOR_ALLOW_CPU_FALLBACK"  # "1": GPU nodes without CUDA train on CPU (gloo), rows say so
 _TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
@@ -69,6 +70,13 @@ def init_kwargs(dashboard: bool = True) -> dict[str, Any]:
         log_to_driver=False,  # keep workers' logs in /tmp/ray/session_latest/logs, not the terminal
         logging_level=logging.WARNING,
     )
+
+
+def ray_is_up() -> bool:
+    """Is Ray already initialised in this process (a caller's, e.g. a test session's)?"""
+    import ray
+
+    return ray.is_initialized()
 
 
 def start(address: str | None = None, dashboard: bool = True) -> Session:
@@ -128,18 +136,28 @@ def _need_text(scaling: Scaling) -> str:
             f"{f' + {scaling.gpus_per_worker:g} GPU' if scaling.use_gpu else ''}")
 
 
-def _cpu_trials_at_once(scaling: Scaling, joined: bool) -> int | None:
-    """Single-process trials at once on an autoscaling cluster: what the head and the CPU node
-    types can hold. More demand than that would make the autoscaler start GPU nodes for CPU work
-    (they have CPUs too). None (no limit) where the node types are unknown."""
+def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, float], int | None]:
+    """(what one single-process trial asks for, how many to run at once) on this cluster.
+
+    On an autoscaling cluster GPU nodes have CPUs too, and a CPU demand the head and the CPU types
+    cannot meet at that moment (Tune briefly asks for one trial more than it runs while it swaps
+    trials) made the autoscaler start a GPU node for minimax. Where the node types declare
+    `cpu_node` (cluster.yaml: the head and every CPU type, as many as their CPUs; never a GPU
+    type) the trials ask for it too, so no GPU node can ever satisfy them; concurrency is what
+    those types hold. Node types unknown (a local Ray, a cluster without the config): CPUs only,
+    no limit."""
     from orchestrator import ray_cluster
 
+    need = {"CPU": scaling.cpus_per_worker}
     known = ray_cluster.cluster_node_types(joined)
     if known is None:
-        return None
+        return need, None
     types, max_workers = known
     cpu_types = [t for t in types if not t.resources.get("GPU")]
-    return max(1, ray_cluster.max_worker_slots(cpu_types, max_workers, {"CPU": scaling.cpus_per_worker}))
+    if any(t.resources.get(CPU_NODE_RESOURCE) for t in types):
+        need[CPU_NODE_RESOURCE] = scaling.cpus_per_worker
+        cpu_types = [t for t in types if t.resources.get(CPU_NODE_RESOURCE)]
+    return need, max(1, ray_cluster.max_worker_slots(cpu_types, max_workers, need))
 
 
 def _max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -> int | None:
@@ -364,11 +382,12 @@ def run_experiment(
         )
         concurrent = _max_concurrent(exp.scaling, joined, say)
     else:
+        need, fits = single_process_resources(exp.scaling, joined)
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
-            {"cpu": exp.scaling.cpus_per_worker},
+            {"cpu": need.pop("CPU"), **need},
         )
-        concurrent = exp.scaling.max_concurrent_trials or _cpu_trials_at_once(exp.scaling, joined)
+        concurrent = exp.scaling.max_concurrent_trials or fits
     collector_cls, stopper_cls = _collector_classes()
     collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end)
     stopper = stopper_cls(collector.key)

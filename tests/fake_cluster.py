@@ -28,6 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this type
 CPU_TYPE, GPU_TYPE = "cpu.spot", "gpu.spot.1x"  # named after cluster.yaml's worker types
+# as cluster.yaml: the drivers' resource on the head, `cpu_node` on the head and the CPU type
+HEAD_RESOURCES = {"CPU": 1, "train_driver": 64, "cpu_node": 1}
 
 
 def free_port() -> int:
@@ -46,8 +48,8 @@ def fake_config(gcs_address: str, cpu_max: int = 2, gpu_max: int = 2) -> dict:
         "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": gcs_address},
         "available_node_types": {
-            HEAD_TYPE: {"resources": {"CPU": 1, "train_driver": 64}, "node_config": {}, "max_workers": 0},
-            CPU_TYPE: {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": cpu_max},
+            HEAD_TYPE: {"resources": HEAD_RESOURCES, "node_config": {}, "max_workers": 0},
+            CPU_TYPE: {"resources": {"CPU": 2, "cpu_node": 2}, "node_config": {}, "min_workers": 0, "max_workers": cpu_max},
             GPU_TYPE: {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": gpu_max},
         },
         "head_node_type": HEAD_TYPE,
@@ -85,7 +87,7 @@ class FakeCluster:
         self.config_path.write_text(yaml.safe_dump(fake_config(self.address)))
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.port}",
                f"--autoscaling-config={self.config_path}", "--num-cpus=1", "--num-gpus=0",
-               "--resources=" + json.dumps({"train_driver": 64}), f"--temp-dir={self.temp_dir}",
+               "--resources=" + json.dumps({k: v for k, v in HEAD_RESOURCES.items() if k != "CPU"}), f"--temp-dir={self.temp_dir}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
                # its own agent port: the default (52365) may be held by another Ray on this machine (the

@@ -172,3 +172,51 @@ def test_a_run_that_cannot_start_leaves_the_report_as_it_was(finished_run, capsy
     capsys.readouterr()
     assert main(["report", "minimax", "--results", str(finished_run)]) == 0
     assert capsys.readouterr().out == before
+
+
+def test_an_interrupt_swallowed_inside_ray_init_still_ends_the_run(tmp_path, monkeypatch):
+    """Code inside ray.init can catch the KeyboardInterrupt of a Ctrl-C (a run once went on to exit 0):
+    the CLI records every SIGINT/SIGTERM and, once Ray is up, ends the run with 130, nothing run."""
+    import os
+    import signal
+
+    from orchestrator import ray_backend
+
+    def start_swallowing(address=None, dashboard=True):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to our handler, which raises...
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (a bytecode boundary for the handler to run)
+        except KeyboardInterrupt:
+            pass  # ...and "Ray" swallows it
+        return ray_backend.Session(owned=False, dashboard_url=None)
+
+    monkeypatch.setattr(ray_backend, "start", start_swallowing)
+    monkeypatch.setattr(ray_backend, "ray_is_up", lambda: True)  # the caller's Ray: not ours to stop
+    ran = []
+    monkeypatch.setattr(ray_backend, "run_experiment", lambda *a, **k: ran.append(a))
+    assert main(["run", "minimax", "--results", str(tmp_path), *TINY]) == 130
+    assert not ran
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the run
+
+
+def test_descendants_of_a_process_are_found_and_ended():
+    """What ends a Ray whose ray.init was interrupted before it recorded its processes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.interrupts import descendants, end_processes
+
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    try:
+        deadline = time.time() + 10
+        while len(descendants(child.pid)) < 1 and time.time() < deadline:
+            time.sleep(0.1)
+        found = descendants(child.pid)
+        assert len(found) == 1
+        end_processes([child.pid, *found], grace_s=2)
+        assert child.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        child.kill()

@@ -38,6 +38,24 @@ def test_shipped_cluster_config_sizes_the_paper_gan(monkeypatch):
     assert max_worker_slots(types, max_workers, {"CPU": 4, "GPU": 1}) // 2 == 7  # 2-worker GPU trials at once
 
 
+def test_single_process_trials_ask_for_what_no_gpu_node_has(monkeypatch):
+    """minimax on cluster.yaml: its trials ask for `cpu_node`, which only the head and the CPU type
+    declare, so the autoscaler can never meet them with a GPU node; at once: what those hold."""
+    from pathlib import Path
+
+    from orchestrator.ray_backend import single_process_resources
+    from orchestrator.spec import Scaling
+
+    monkeypatch.setenv(ray_cluster.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
+    need, at_once = single_process_resources(Scaling(cpus_per_worker=1), joined=True)
+    assert need == {"CPU": 1, "cpu_node": 1}
+    assert at_once == 8 + 4 * 4  # the head's 8 CPUs and 4 cpu.spot nodes of 4
+    types, _ = ray_cluster.cluster_node_types(joined=True)
+    assert all(not t.resources.get("cpu_node") for t in types if t.resources.get("GPU"))
+    monkeypatch.delenv(ray_cluster.CONFIG_ENV)
+    assert single_process_resources(Scaling(cpus_per_worker=2), joined=False) == ({"CPU": 2}, None)  # a local Ray
+
+
 def test_the_wait_is_described_in_the_autoscalers_words():
     assert describe_wait(NO_CAPACITY, TYPES, 1) == (
         "waiting for 2 GPU nodes (gpu.spot.1x): InsufficientInstanceCapacity: no spot capacity in us-west-2a")

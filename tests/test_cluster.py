@@ -53,6 +53,8 @@ def _broken(tmp_path, mutate) -> Path:
     (lambda r: r["setup_commands"].pop(3), "torch can use a GPU"),
     (lambda r: r["available_node_types"]["gpu.spot.1x"].update(worker_setup_commands=["echo hi"]), "replace the global"),
     (lambda r: r["available_node_types"].pop("cpu.spot"), "no CPU worker type"),
+    (lambda r: r["available_node_types"]["cpu.spot"]["resources"].pop("cpu_node"), "cpu_node equal to its CPUs"),
+    (lambda r: r["available_node_types"]["gpu.spot.1x"]["resources"].update(cpu_node=4), "must not declare cpu_node"),
     (lambda r: r["head_start_ray_commands"].__setitem__(1, "RAY_AUTH_MODE=token ray start --head --dashboard-host=0.0.0.0"), "127.0.0.1"),
     (lambda r: r["setup_commands"].append({"ray start --resources='{\"a\"": "8}'"}), "not of type 'string'"),
 ])

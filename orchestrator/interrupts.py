@@ -1,0 +1,115 @@
+"""How a run ends on Ctrl-C or SIGTERM: Ray stopped (even one interrupted inside ray.init), the
+run lock released by the unwinding, exit code 130. Used by cli.py and __main__.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+INTERRUPTED = 130  # exit code of a run ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+_SIGNALLED: list[int] = []  # SIGINT / SIGTERM received by this run (see _interrupt)
+_STARTS_RAY: list[bool] = []  # [True] once this run starts (not joins or reuses) a Ray: it stops it on interrupt
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGINT and SIGTERM end a run the same way: Ray stopped, the lock released, exit 130.
+
+    Each is recorded before KeyboardInterrupt is raised: code inside ray.init can swallow the
+    exception (a run interrupted there once went on and exited 0), so the CLI checks the record once
+    Ray is up. A second SIGTERM during the cleanup is ignored rather than allowed to cut it short
+    (SIGKILL still ends it); a second Ctrl-C interrupts the cleanup, as a user pressing it expects."""
+    _SIGNALLED.append(signum)
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def stop_ray() -> None:
+    """Shut down what this process started of Ray. An interrupt inside ray.init leaves it half
+    connected, and the interpreter's exit then crashed (SIGSEGV) in Ray's own atexit shutdown:
+    shut it down here, while the interpreter is whole (__main__ then exits without finalising)."""
+    if not _STARTS_RAY:  # Ray was never started here, or was the caller's (tests, notebooks)
+        return
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # a half-started Ray may fail to stop cleanly; the exit still must happen
+        pass
+    # ray.init interrupted before it recorded its node: shutdown() cannot see the GCS, raylet and
+    # agents it had started. They are this process's descendants (the CLI starts nothing else).
+    end_processes(descendants(os.getpid()))
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of `pid`, from /proc (Linux; elsewhere none are found)."""
+    parent_of = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent_of[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parent_of.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def end_processes(pids: list[int], grace_s: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL what is left after grace_s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while alive and sig == signal.SIGTERM and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        pids = alive
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+
+
+@contextlib.contextmanager
+def handled(enabled: bool):
+    """Within: SIGINT and SIGTERM raise KeyboardInterrupt (recorded); the previous handlers after."""
+    _SIGNALLED.clear()
+    _STARTS_RAY.clear()
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} if enabled else {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def starting_ray(owned: bool):
+    """Around ray.init: remember that this process owns the Ray it starts (stop_ray then stops it),
+    put our SIGTERM handler back (ray.init replaces it with a bare sys.exit), and raise an
+    interrupt that code inside ray.init swallowed."""
+    if owned:
+        _STARTS_RAY.append(True)
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    if handler is _interrupt:
+        signal.signal(signal.SIGTERM, _interrupt)
+    if _SIGNALLED:
+        raise KeyboardInterrupt
