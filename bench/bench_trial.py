@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 DEFAULTS = {  # about two minutes (GAN) / one (CLIP) of training on one core of a 2-core CPU box
     "gan": ["train_images=16000", "epochs=1", "sample_epochs=1", "fid_images=1000",
             "num_workers=1", "cpus_per_worker=1"],
-    "clip": ["image_model=efficientnet_lite0", "image_weights=pkg:efficientnet-lite0", "train_image_encoder=true",
+    "clip": ["dataset=flickr8k_subset", "image_model=pkg:efficientnet-lite0", "train_image_encoder=true",
              "train_text_encoder=true", "train_images=320", "test_images=100", "epochs=2", "batch_size=32",
              "image_size=160", "prompts=A dog sitting alone in a park", "num_workers=1", "cpus_per_worker=1"],
 }
@@ -88,6 +88,8 @@ def main() -> None:
         plain_cmd = [sys.executable, "-c", PLAIN, payload]
         orch_cmd = [sys.executable, "-m", "orchestrator", "run", args.study, "--results", f"{tmp}/results",
                     "--no-dashboard", "--data-dir", args.data_dir] + [a for o in overrides for a in ("--set", o)]
+        if args.study == "clip":  # one trial of the profile's config, as the plain side runs (not its pairs x seeds)
+            orch_cmd += ["--seeds", "1", "--sweep", f"image_model={exp.config.image_model}"]
         runs = [("plain", plain_cmd, {**env, "OMP_NUM_THREADS": threads}), ("orchestrator", orch_cmd, env)]
         walls, outputs = {}, {}
         for name, cmd, run_env in runs[::-1] if args.orchestrator_first else runs:

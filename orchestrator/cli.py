@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting: FIELD=VALUE for one study, STUDY.FIELD=VALUE under 'all'; "
                      "repeatable; see `list` for the fields")
+    run.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="FIELD=V1,V2,...",
+                     help="a grid over config values, e.g. --sweep lr=1e-4,2e-4 (STUDY.FIELD under 'all'); repeatable: "
+                     "the product of every swept field; replaces the profile's own sweep")
+    run.add_argument("--seeds", type=int, default=None, metavar="N",
+                     help="run every configuration with N seeds (seed, seed+1, ...); `report` shows mean ± std over "
+                     "them (default: the profile's; local CLIP: 3)")
     run.add_argument("--address", default=None, metavar="ADDR",
                      help="join a running Ray cluster (auto, or HOST:PORT of its GCS) instead of starting one; default: "
                      "$RAY_ADDRESS (set inside a Ray job), else a local Ray. ray:// (Ray Client) is refused: "
@@ -145,12 +151,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise
 
 
-def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None = None) -> list[Experiment]:
-    """Names and --set pairs -> validated experiments, in run order."""
+def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None = None, sweeps: list[str] = (),
+            seeds: int | None = None, say=print) -> list[Experiment]:
+    """Names, --set, --sweep and --seeds -> validated experiments, in run order."""
     names = studies() if study == "all" else [study]
     if study != "all" and study not in EXPERIMENTS:
         raise SpecError(f"unknown study {study!r}; choose from {', '.join(studies())} or all")
     per_study = split_overrides(overrides, names, all_studies=study == "all")
+    swept = split_overrides(list(sweeps), names, all_studies=study == "all", flag="--sweep")
     out = []
     for name in names:
         exp = EXPERIMENTS[name][profile]
@@ -158,6 +166,13 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
         if data_dir is not None and hasattr(exp.config, "data_dir"):
             settings.setdefault("data_dir", data_dir)
         exp = exp.with_overrides(settings)
+        if seeds is not None and (study != "all" or hasattr(exp.config, "seed")):  # under all: studies with a seed
+            exp = dataclasses.replace(exp, seeds=seeds)
+        before = len(exp.trial_configs()) // exp.seeds
+        exp = exp.with_sweep(swept[name])
+        if swept[name]:
+            say(f"[{name}] --sweep {' x '.join(swept[name])}: {len(exp.trial_configs()) // exp.seeds} configurations "
+                f"(replacing the {profile} profile's {before}){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}")
         out.append(dataclasses.replace(exp, config=_absolute_dirs(exp.config)))
     return out
 
@@ -190,7 +205,7 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
             seen.add(trial_key(config))
             try:
                 WORKLOADS[exp.study].check(config)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, ImportError) as exc:
                 hint = ON_CLUSTER_HINT if on_cluster and isinstance(exc, FileNotFoundError) else ""
                 raise SpecError(f"{exp.study}: {str(exc).rstrip('.')}{hint}") from None
 
@@ -201,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator.ray_backend import CLIENT_REFUSED
 
         raise SpecError(CLIENT_REFUSED)
-    experiments = resolve(args.study, args.profile, args.overrides, args.data_dir)
+    experiments = resolve(args.study, args.profile, args.overrides, args.data_dir, args.sweeps, args.seeds)
     store = ResultStore(args.results)
     store.open_for_writing()
     # UTC: run ids order runs in time (report and resume pick the latest), whatever host started them

@@ -148,11 +148,13 @@ def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, 
     no limit."""
     from orchestrator import ray_cluster
 
-    need = {"CPU": scaling.cpus_per_worker}
+    need = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
     known = ray_cluster.cluster_node_types(joined)
     if known is None:
         return need, None
     types, max_workers = known
+    if scaling.use_gpu:  # GPU work: GPU nodes are what it needs
+        return need, max(1, ray_cluster.max_worker_slots(types, max_workers, need))
     cpu_types = [t for t in types if not t.resources.get("GPU")]
     if any(t.resources.get(CPU_NODE_RESOURCE) for t in types):
         need[CPU_NODE_RESOURCE] = scaling.cpus_per_worker
@@ -371,9 +373,14 @@ def run_experiment(
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
     say = lambda line: progress(f"[{exp.study}] {line}")  # noqa: E731
-    if workload.distributed:
-        # read here, in the CLI's process: actors on a cluster do not inherit its environment
-        fallback = os.environ.get(CPU_FALLBACK_ENV, "") == "1"
+    kinds = {workload.runs_distributed(c) for c in configs}
+    if len(kinds) > 1:
+        raise BackendError(f"{exp.study}: the sweep mixes Train trials and single-process ones (e.g. frozen and "
+                           "fine-tuned encoders): run them as two runs")
+    distributed = kinds.pop()
+    # read here, in the CLI's process: actors on a cluster do not inherit its environment
+    fallback = os.environ.get(CPU_FALLBACK_ENV, "") == "1"
+    if distributed:
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
                                  names=[f"{exp.study}-{b}" for b in bases], scaling=exp.scaling, storage=storage,
@@ -384,8 +391,9 @@ def run_experiment(
     else:
         need, fits = single_process_resources(exp.scaling, joined)
         trainable = tune.with_resources(
-            tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs),
-            {"cpu": need.pop("CPU"), **need},
+            tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
+                                 use_gpu=exp.scaling.use_gpu, allow_cpu_fallback=fallback),
+            {"cpu": need.pop("CPU"), "gpu": need.pop("GPU", 0), **need},
         )
         concurrent = exp.scaling.max_concurrent_trials or fits
     collector_cls, stopper_cls = _collector_classes()
@@ -399,7 +407,7 @@ def run_experiment(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(configs))))},
         tune_config=tune.TuneConfig(
-            reuse_actors=not workload.distributed,
+            reuse_actors=not distributed,
             max_concurrent_trials=concurrent,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),

@@ -46,29 +46,43 @@ def root_cause(exc: BaseException | None) -> str:
 
 
 class _TuneRuntime:
-    """Runtime of a single-process trial: reports go straight to Tune."""
+    """Runtime of a single-process trial: reports go straight to Tune. With `use_gpu` it trains on
+    the GPU Ray assigned; a node that declares one without usable CUDA fails the trial with one
+    line, or, with the CPU fallback allowed, trains on its CPU and the rows say so."""
 
-    world_size, rank, is_rank_zero, device = 1, 0, True, "cpu"
+    world_size, rank, is_rank_zero = 1, 0, True
 
-    def __init__(self, artifact_dir: str) -> None:
+    def __init__(self, artifact_dir: str, use_gpu: bool = False, allow_cpu_fallback: bool = False) -> None:
         self.artifact_dir = artifact_dir
+        self.device, name, fallback = "cpu", "cpu", False
+        if use_gpu:
+            import ray
+            import torch
+
+            if torch.cuda.is_available():
+                self.device, name = "cuda", torch.cuda.get_device_name(0)  # Ray sets CUDA_VISIBLE_DEVICES
+            elif allow_cpu_fallback:
+                fallback = True
+            else:
+                raise RuntimeError(f"node {ray.get_runtime_context().get_node_id()} ({socket.gethostname()}) declares a "
+                                   "GPU but torch cannot use it (set ORCHESTRATOR_ALLOW_CPU_FALLBACK=1 to train on its CPU)")
+        self.software = software(self.device, name, 1, sync_bn=False, cpu_fallback=fallback)
 
     def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         import ray
         from ray import tune
 
         node = ray.get_runtime_context().get_node_id()  # which node ran it (a column of every row)
-        extra = software("cpu", "cpu", 1, sync_bn=False, cpu_fallback=False) if final else {}
-        tune.report({**metrics, **extra, "node_id": node, TABLE_KEY: table_of(final, table)})
+        tune.report({**metrics, **(self.software if final else {}), "node_id": node, TABLE_KEY: table_of(final, table)})
 
     def restore(self):
-        return None
+        return None  # single-process trials are short: an interrupted one reruns
 
     def barrier(self) -> None:
         pass
 
     def prepare_model(self, model):
-        return model
+        return model.to(self.device)
 
     def prepare_loader(self, loader):
         return loader
@@ -170,11 +184,13 @@ class _TrainRuntime:
         return ray.train.torch.prepare_data_loader(loader, move_to_device=not self.cpu_fallback)
 
 
-def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list) -> None:
+def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list, use_gpu: bool = False,
+                   allow_cpu_fallback: bool = False) -> None:
     import importlib
 
     index = params["trial"]
-    importlib.import_module(module).train_loop(configs[index], _TuneRuntime(artifact_dirs[index]))
+    runtime = _TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback)
+    importlib.import_module(module).train_loop(configs[index], runtime)
 
 
 def train_worker(params: dict) -> None:

@@ -15,10 +15,15 @@ class Workload:
     module: str  # importable module with `Config` and `train_loop(config, runtime)`
     metric: str  # the trial metric Tune ranks by
     mode: str  # "min" or "max"
-    distributed: bool  # True: each trial is a Ray Train (TorchTrainer, DDP) run
+    distributed: bool  # True: each trial is a Ray Train (TorchTrainer, DDP) run...
+    single_process_when: str | None = None  # ...except where this config property is true (a plain Tune trial)
     row_exclude: tuple[str, ...] = ()  # config fields left out of table rows (the loop reports them per row)
     step_key: str | None = None  # a steps-table column unique per step (a retried epoch is kept once)
     preflight: str | None = None  # "module:function" run on each trial config before Ray starts (data checks)
+
+    def runs_distributed(self, config) -> bool:
+        """Is a trial of this config a Ray Train run (else a plain Tune function trial)?"""
+        return self.distributed and not (self.single_process_when and getattr(config, self.single_process_when))
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -42,5 +47,8 @@ WORKLOADS: dict[str, Workload] = {
     "clip": Workload(
         "workloads.clip.loop", metric="t2i_r10", mode="max", distributed=True, step_key="epoch",
         row_exclude=("prompts",), preflight="workloads.clip.loop:preflight",
+        # frozen encoders: only the heads train, in seconds on cached features; a TorchTrainer would
+        # add ~15 s of start-up per trial (and DDP nothing)
+        single_process_when="frozen",
     ),
 }

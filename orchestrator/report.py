@@ -184,21 +184,23 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
     return "\n".join(lines), images
 
 
-CLIP_COLUMNS = ["pair", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_median_rank", "i2t_r1", "i2t_r5", "i2t_r10",
-                "image_params", "text_params", "head_params", "train_time_s", "images_per_s"]
-
-
 def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
-    n = int(trials["test_images"].max()) if "test_images" in trials else 0
-    chance = f"chance on {n} test images: R@1 {1 / n:.3g}, R@5 {5 / n:.3g}, R@10 {10 / n:.3g}" if n else ""
-    lines = ["text->image (t2i) and image->text (i2t) retrieval on the test split", chance,
-             _table(trials, CLIP_COLUMNS)]
+    """The pairs compared (clip_report.py); the prompt grids of each configuration's first seed,
+    prompt by prompt, the pairs side by side."""
+    from orchestrator import clip_report as compare
+
+    lines = compare.text_report(trials)
     prompts = store.read("clip", "prompts")
     grids = []
     if len(prompts):
-        prompts = prompts[attempts(prompts).isin(set(trials["attempt"]))]
-        grids = [Path(g) for g in sorted(prompts["grid"].unique())]
-        lines += [f"prompt grid: {g}" for g in grids]
+        first = trials.assign(configuration=compare.configurations(trials))
+        first = first.sort_values("seed").drop_duplicates("configuration") if "seed" in first else first
+        prompts = prompts[attempts(prompts).isin(set(first["attempt"]))]
+        order = {pair: i for i, pair in enumerate(compare.comparison(trials)["pair"])}
+        shown = prompts.drop_duplicates("grid").assign(
+            at=lambda f: f["pair"].map(lambda p: min((i for name, i in order.items() if name.startswith(str(p))), default=0)))
+        grids = [Path(g) for g in shown.sort_values(["prompt", "at"])["grid"]]
+        lines.append(f"prompt grids ({len(grids)}): {grids[0].parent.parent.parent if grids else ''}")
     return "\n".join(lines), grids
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import types
 import typing
@@ -72,11 +73,50 @@ class Experiment:
     scaling: Scaling = field(default_factory=Scaling)
     # config -> one dict of config overrides per trial (the Tune grid); default: a single trial
     sweep: Callable[[Any], list[dict]] | None = None
+    seeds: int = 1  # each configuration of the sweep runs with seeds seed, seed+1, ... (the config's `seed`)
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise SpecError(f"{self.study}: --seeds must be >= 1, got {self.seeds}")
+        if self.seeds > 1 and not hasattr(self.config, "seed"):
+            raise SpecError(f"{self.study}: --seeds {self.seeds}: this study has no random seed (it is deterministic)")
 
     def trial_configs(self) -> list[Any]:
-        """The config of every trial, in a stable order."""
+        """The config of every trial, in a stable order: seed-major (every configuration with the first
+        seed, then with the next), so that trials running at once share as little as possible (e.g. CLIP
+        pairs extracting their encoders' features side by side, not waiting on one another's)."""
         overrides = self.sweep(self.config) if self.sweep else [{}]
-        return [dataclasses.replace(self.config, **o) for o in overrides]
+        configs = [dataclasses.replace(self.config, **o) for o in overrides]
+        if self.seeds == 1:
+            return configs
+        return [dataclasses.replace(c, seed=c.seed + s) for s in range(self.seeds) for c in configs]
+
+    def with_sweep(self, axes: dict[str, str]) -> "Experiment":
+        """`--sweep FIELD=V1,V2,...` per field -> a grid over their product, replacing the profile's
+        sweep. Values are parsed and every trial's config validated here, before Ray starts."""
+        if not axes:
+            return self
+        cfg_fields = {f.name: f for f in dataclasses.fields(self.config)}
+        values = {}
+        for name, raw in axes.items():
+            if name not in cfg_fields:
+                scaling = " (a scaling setting: use --set)" if name in {f.name for f in dataclasses.fields(Scaling)} else ""
+                raise SpecError(f"{self.study}: --sweep {name}: unknown config field{scaling}; known: "
+                                f"{', '.join(sorted(cfg_fields))}")
+            if typing.get_origin(typing.get_type_hints(type(self.config))[name]) is tuple:
+                raise SpecError(f"{self.study}: --sweep {name}: a list-valued setting cannot be swept (set it with --set)")
+            parts = [part.strip() for part in raw.split(",") if part.strip()]
+            if not parts:
+                raise SpecError(f"{self.study}: --sweep {name}={raw!r}: expected FIELD=V1,V2,...")
+            values[name] = list(dict.fromkeys(parse_value(type(self.config), name, part) for part in parts))
+        names = list(values)
+        grid = [dict(zip(names, combo)) for combo in itertools.product(*values.values())]
+        swept = dataclasses.replace(self, sweep=lambda config: grid)
+        try:
+            swept.trial_configs()
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"{self.study}: --sweep: {exc}") from None
+        return swept
 
     def with_overrides(self, overrides: dict[str, str]) -> "Experiment":
         """Apply `field=value` strings to the config (or, for scaling fields, to the scaling)."""
@@ -147,21 +187,21 @@ def _describe(hint: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def split_overrides(pairs: list[str], studies: list[str], all_studies: bool) -> dict[str, dict[str, str]]:
+def split_overrides(pairs: list[str], studies: list[str], all_studies: bool, flag: str = "--set") -> dict[str, dict[str, str]]:
     """`["steps=5", "gan.lr=1e-4"]` -> {study: {field: raw}}; a bare key needs a single study."""
     out: dict[str, dict[str, str]] = {s: {} for s in studies}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise SpecError(f"--set {pair!r}: expected KEY=VALUE")
+            raise SpecError(f"{flag} {pair!r}: expected KEY=VALUE")
         study, dot, name = key.partition(".")
         if dot:
             if study not in out:
-                raise SpecError(f"--set {pair!r}: {study!r} is not a study being run ({', '.join(studies)})")
+                raise SpecError(f"{flag} {pair!r}: {study!r} is not a study being run ({', '.join(studies)})")
             out[study][name] = raw
         elif all_studies or len(studies) != 1:
-            raise SpecError(f"--set {pair!r}: under 'run all' name the study, e.g. STUDY.{key}={raw} "
+            raise SpecError(f"{flag} {pair!r}: under 'run all' name the study, e.g. STUDY.{key}={raw} "
                             f"(STUDY: {', '.join(studies)}; `list` shows each study's settings)")
         else:
             out[studies[0]][key] = raw

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ALL = ["--set", "minimax.num_lrs=300", "--set", "minimax.steps=300",
             "--set", "gan.train_images=256", "--set", "gan.epochs=3", "--set", "gan.sample_epochs=3",
             "--set", "gan.fid_images=200", "--set", "gan.num_workers=2",
-            "--set", "clip.train_images=96", "--set", "clip.test_images=48", "--set", "clip.epochs=3",
-            "--set", "clip.batch_size=32"]
+            "--set", "clip.train_images=96", "--set", "clip.val_images=48", "--set", "clip.test_images=48",
+            "--set", "clip.epochs=3", "--set", "clip.batch_size=32", "--seeds", "1"]  # CLIP: the profile's 3 pairs
 
 
 def run_all(results: Path, data_dir: str) -> list[str]:

@@ -132,11 +132,12 @@ def kaggle_layout(data_dir, tmp_path_factory):
 def test_split_is_80_20_by_image_when_no_split_file(kaggle_layout):
     cfg = Config(data_dir=str(kaggle_layout.parent), dataset="flickr8k", images_subdir="Images",
                  captions_file="captions.txt", splits_file="")
-    train, test = data.load_splits(cfg)
+    train, val, test = data.load_splits(cfg)
+    assert val is None  # no split file: no validation split (the last epoch is tested)
     assert (len(train.images), len(test.images)) == (16, 4)
     assert not set(train.images) & set(test.images)
     assert len(train.captions) == 5 * 16 and len(test.captions) == 5 * 4  # every caption follows its image
-    again, _ = data.load_splits(cfg)
+    again, _, _ = data.load_splits(cfg)
     assert again.images == train.images  # reproducible (seed)
 
 
@@ -149,9 +150,9 @@ def test_missing_image_fails_with_its_name(kaggle_layout, tmp_path):
         data.load_image(victim, data.image_transform(32, (0.5,) * 3, (0.5,) * 3))
 
 
-def test_offline_weights_must_match_their_model(capsys, tmp_path):
-    assert main(["run", "clip", "--set", "image_model=resnet18", "--results", str(tmp_path)]) == 2
-    assert "image_weights=pkg:efficientnet-lite0 are for image_model=efficientnet_lite0" in capsys.readouterr().err
+def test_unknown_offline_encoders_are_one_line(capsys, tmp_path):
+    assert main(["run", "clip", "--sweep", "image_model=pkg:efficientnet-lite9", "--results", str(tmp_path)]) == 2
+    assert "unknown image_model 'pkg:efficientnet-lite9'; offline ones: pkg:efficientnet-lite0" in capsys.readouterr().err
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
@@ -160,9 +161,9 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     assert "Flickr8k not found" in err and err.count("\n") == 1
 
 
-TINY = ["--set", "image_model=resnet18", "--set", "image_weights=", "--set", "pretrained=false", "--set", "text_model=bert-base-uncased",
+TINY = ["--seeds", "1", "--sweep", "image_model=resnet18", "--set", "pretrained=false", "--set", "text_model=bert-base-uncased",
         "--set", "text_layers=2", "--set", "text_width=64", "--set", "image_size=64", "--set", "train_images=32",
-        "--set", "test_images=16", "--set", "epochs=2", "--set", "batch_size=16",
+        "--set", "test_images=16", "--set", "val_images=16", "--set", "epochs=2", "--set", "batch_size=16",
         "--set", "train_image_encoder=true", "--set", "train_text_encoder=true",
         "--set", "image_mean=0.5,0.5,0.5", "--set", "image_std=0.5,0.5,0.5", "--set", "text_pooling=cls"]
 
@@ -183,12 +184,22 @@ def test_ddp_clip_trial_resumes_and_writes_every_table(ddp_clip):
     prompts = pd.read_parquet(ddp_clip / "clip" / "prompts.parquet")
     (row,) = trials.to_dict("records")
     assert row["status"] == "TERMINATED" and row["world_size"] == 2 and row["resumed_from_epoch"] == 1
-    assert row["pair"] == "resnet18+bert-base-uncased" and row["test_images"] == 16
+    assert row["pair"] == "resnet18+bert-base-uncased" and row["test_images"] == 16 and row["val_images"] == 16
     assert row["image_params"] > 1e7 and 0 < row["text_params"] < 1e7 and row["head_params"] > 0
     assert sorted(steps["epoch"]) == [1, 2]
-    for column in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r10", "t2i_median_rank", "t2i_mean_rank", "loss"):
+    for column in ("val_t2i_r1", "val_t2i_r5", "val_t2i_r10", "val_i2t_r1", "val_i2t_r10", "val_t2i_median_rank", "loss"):
         assert steps[column].between(0, 1e6).all(), column
-    assert (steps["t2i_r10"] >= steps["t2i_r5"]).all() and (steps["t2i_r5"] >= steps["t2i_r1"]).all()
+    assert "t2i_r10" not in steps  # per epoch: validation only; the test split is evaluated once
+    assert (steps["val_t2i_r10"] >= steps["val_t2i_r5"]).all() and (steps["val_t2i_r5"] >= steps["val_t2i_r1"]).all()
+    # the tested epoch is the one validation chose, across the failure and resume (the best travels in the checkpoint)
+    assert row["selected_on"] == "val rsum"
+    assert row["selected_epoch"] == int(steps.sort_values("epoch").loc[steps["val_rsum"].idxmax(), "epoch"])
+    assert 0 <= row["t2i_r1"] <= row["t2i_r5"] <= row["t2i_r10"] <= 1
+    saved = np.load(row["embeddings_path"])
+    assert saved["image"].shape == (16, 256) and saved["text"].shape == (len(saved["image_of"]), 256)
+    assert set(saved["image_of"]) == set(range(16))
+    sim = saved["text"] @ saved["image"].T  # re-analysis without retraining gives the row's numbers
+    assert retrieval_metrics(sim, saved["image_of"])["t2i_r10"] == pytest.approx(row["t2i_r10"], abs=1e-6)
     assert len(prompts) == 5 * 9 and sorted(prompts["rank"].unique()) == list(range(1, 10))
     assert prompts.groupby("prompt")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
     grids = sorted((ddp_clip / "clip" / "artifacts").glob("*/prompts/*.png"))
@@ -196,20 +207,25 @@ def test_ddp_clip_trial_resumes_and_writes_every_table(ddp_clip):
 
 
 def test_offline_pretrained_pair_retrieves_well_above_chance(data_dir, tmp_path):
-    """The local default's main trial (frozen EfficientNet-Lite0 + MiniLM, heads trained) on the 500 test images."""
+    """The local default's first trial (frozen EfficientNet-Lite0 + MiniLM, heads trained, the epoch
+    chosen on val) on half the official split: 1500 train, 500 val, the first 500 test images."""
+    import dataclasses
+
     from orchestrator.experiments import EXPERIMENTS
     from workloads.runtime import LocalRuntime
 
-    cfg = EXPERIMENTS["clip"]["local"].config
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg, data_dir=data_dir, cache_dir=str(tmp_path / "cache"))
+    cfg = EXPERIMENTS["clip"]["local"].trial_configs()[0]
+    assert cfg.pair == "efficientnet-lite0+all-minilm-l6-v2" and cfg.dataset == "flickr8k"
+    cfg = dataclasses.replace(cfg, data_dir=data_dir, cache_dir=str(tmp_path / "cache"), train_images=1500,
+                              val_images=500, test_images=500)
     runtime = LocalRuntime(artifact_dir=str(tmp_path / "artifacts"))
     loop.train_loop(cfg, runtime)
     (final,) = runtime.finals
-    assert final["test_images"] == 500
+    assert final["test_images"] == 500 and final["val_images"] == 500
     assert final["t2i_r10"] >= 0.50  # chance: 10 / 500 = 0.02
     assert final["t2i_r1"] > 10 * (1 / 500)
+    best = max(runtime.steps, key=lambda s: s["val_rsum"])
+    assert final["selected_epoch"] == best["epoch"]
 
 
 def test_collapsed_embeddings_score_chance_not_perfect_recall():

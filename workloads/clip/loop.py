@@ -1,5 +1,8 @@
 """CLIP training loop: per epoch, train on one random caption per training image, then evaluate
-text<->image retrieval on the test split. With both encoders frozen, features are computed once,
+text<->image retrieval on the validation split; at the end, the epoch with the best validation
+score (R@1+R@5+R@10 both ways, "rsum") is evaluated once on the test split. The test split never
+chooses anything. Without a validation split (flickr8k_subset) the last epoch is the one tested, and
+the rows say so. With both encoders frozen, features are computed once per encoder (features.py),
 cached on disk, and only the heads (and temperature) train.
 
 Knows nothing of Ray: `runtime` prepares the model (DDP under Ray Train), reports per-epoch metrics
@@ -9,8 +12,6 @@ with a checkpoint and restores the last checkpoint after a failure.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
 import time
 from pathlib import Path
@@ -19,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from workloads.clip import data, encoders
+from workloads.clip import data, encoders, features
 from workloads.clip import images as images_mod
 from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
 from workloads.clip.model import CLIP, clip_loss
-from workloads.common import atomic_path, build_lock, cache_root
+from workloads.common import atomic_path
 from workloads.runtime import RankRNG, gather_objects, maybe_fail, unwrap
 
 
@@ -69,44 +70,29 @@ def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict:
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
 
-@torch.no_grad()
-def encode_images(model: CLIP, images, normalise, batch: int = 64) -> torch.Tensor:
-    """Pooled features of uint8 images (see images.py), normalised on the model's device."""
-    loader = DataLoader(images, batch_size=batch, collate_fn=images_mod.collate)
-    return torch.cat([model.image_features(normalise(x)).float().cpu() for x in loader])
-
-
 def split_images(config: Config, split) -> images_mod.ArrayImages:
     """The split's images, decoded once into the cache (uint8, memory-mapped)."""
     return images_mod.ArrayImages(images_mod.image_array(split.root, split.images, config.image_size, config.cache_dir))
 
 
-@torch.no_grad()
-def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, device, batch: int = 256) -> torch.Tensor:
-    return torch.cat([model.text_features(**tokenize(tokenizer, texts[i:i + batch], max_length, device)).float().cpu()
-                      for i in range(0, len(texts), batch)])
+def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, device, say=None) -> torch.Tensor:
+    return features.encode_texts(model, lambda t: tokenize(tokenizer, t, max_length, device), texts, say=say)
 
 
-def feature_cache(config: Config, model: CLIP, tokenizer, train, test, normalise, device, runtime) -> dict:
-    """Frozen encoders: features of every image and caption, computed once (rank 0) and cached."""
-    keys = ("image_model", "image_weights", "pretrained", "image_size", "image_mean", "image_std", "text_model",
-            "tokenizer", "text_pooling", "text_layers", "text_width", "max_length", "seed")
-    ident = {k: getattr(config, k) for k in keys} | {
-        "root": str(train.root), "train": train.images, "test": test.images, "version": 1}
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_root(config.cache_dir) / "clip_features" / f"{digest}.pt"
-    if runtime.is_rank_zero and not path.exists():
-        with build_lock(path):  # trials of one encoder pair, on any node: one extraction
-            if not path.exists():
-                unwrap(model).eval()
-                feats = {}
-                for name, split in (("train", train), ("test", test)):
-                    feats[f"{name}_images"] = encode_images(unwrap(model), split_images(config, split), normalise)
-                    feats[f"{name}_texts"] = encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device)
-                with atomic_path(path) as tmp:
-                    torch.save(feats, tmp)
-    runtime.barrier()  # other ranks wait for rank 0's file
-    return torch.load(path, map_location="cpu", weights_only=True)
+def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normalise, device, runtime) -> dict:
+    """Frozen encoders: {split: (image features, caption features)}, from the per-encoder cache
+    (rank 0 extracts what is missing; the other ranks wait for its files)."""
+    say = getattr(runtime, "say", None)
+    if runtime.is_rank_zero:
+        unwrap(model).eval()
+        for name, split in splits.items():
+            features.cached("image", features.image_key(config, split),
+                            lambda: features.encode_images(unwrap(model), split_images(config, split), normalise, say=say), say)
+            features.cached("text", features.text_key(config, split),
+                            lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, say), say)
+    runtime.barrier()
+    return {name: (features.cached("image", features.image_key(config, split), None),
+                   features.cached("text", features.text_key(config, split), None)) for name, split in splits.items()}
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
@@ -136,22 +122,27 @@ def train_step(model, opt, inputs: dict, autocast=contextlib.nullcontext()) -> t
     return loss
 
 
-def evaluate(model: CLIP, tokenizer, config: Config, test, normalise, device, feats: dict | None) -> tuple[dict, tuple]:
-    """Retrieval metrics on the test split; also returns (image_emb, scale) for the prompts."""
+def evaluate(model: CLIP, tokenizer, config: Config, split, normalise, device, feats: tuple | None) -> tuple[dict, dict]:
+    """Retrieval metrics on `split`, and its embeddings: {image, text (unit vectors), scale}."""
     model = unwrap(model)
     model.eval()
     with torch.no_grad():
-        image_f = feats["test_images"] if feats else encode_images(model, split_images(config, test), normalise)
-        text_f = feats["test_texts"] if feats else encode_texts(model, tokenizer, test.captions, config.max_length, device)
+        image_f = feats[0] if feats else features.encode_images(model, split_images(config, split), normalise)
+        text_f = feats[1] if feats else encode_texts(model, tokenizer, split.captions, config.max_length, device)
         image_emb = model.embed_images(image_f.to(device)).float().cpu()
         text_emb = model.embed_texts(text_f.to(device)).float().cpu()
-    metrics = retrieval_metrics((text_emb @ image_emb.T).numpy(), test.image_of)
-    return metrics, (image_emb, float(model.scale().detach()))
+    metrics = retrieval_metrics((text_emb @ image_emb.T).numpy(), split.image_of)
+    return metrics, {"image": image_emb, "text": text_emb, "scale": float(model.scale().detach())}
+
+
+def rsum(metrics: dict) -> float:
+    """R@1 + R@5 + R@10 of both directions: the usual single number for model selection in retrieval."""
+    return sum(metrics[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10))
 
 
 def train_loop(config: Config, runtime) -> None:
     device = runtime.device
-    train, test = data.load_splits(config)
+    train, val, test = data.load_splits(config)
     model, tokenizer, mean, std = build(config)
     normalise = images_mod.Normalise(mean, std, device)  # uint8 (B, H, W, 3) -> normalised float on the device
     counts = {
@@ -160,33 +151,41 @@ def train_loop(config: Config, runtime) -> None:
         "head_params": sum(p.numel() for p in [*model.image_head.parameters(), *model.text_head.parameters()]) + 1,
     }
     model.to(device)
-    feats = feature_cache(config, model, tokenizer, train, test, normalise, device, runtime) if config.frozen else None
+    splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
+    feats = frozen_features(config, model, tokenizer, splits, normalise, device, runtime) if config.frozen else {}
     prompt_features = None
-    if feats is not None:  # only heads train: the encoders leave the model (and DDP)
+    if feats:  # only heads train: the encoders leave the model (and DDP)
         prompt_features = encode_texts(model, tokenizer, list(config.prompts), config.max_length, device)
         model.image_encoder = model.text_encoder = None
-        pairs = data.Pairs(train, feats["train_images"], config.seed)
+        pairs = data.Pairs(train, feats["train"][0], config.seed)
     else:
         pairs = data.Pairs(train, split_images(config, train), config.seed)
     per_rank = max(1, config.batch_size // runtime.world_size)
     loader = runtime.prepare_loader(DataLoader(pairs, batch_size=per_rank, shuffle=True, drop_last=len(pairs) > per_rank,
                                                generator=torch.Generator().manual_seed(config.seed),
-                                               collate_fn=None if feats is not None else images_mod.collate,
+                                               collate_fn=None if feats else images_mod.collate,
                                                pin_memory=torch.device(device).type == "cuda"))
     opt = optimizer(model, config)
     rng = RankRNG(config.seed, runtime.rank, device)  # the heads' dropout masks differ per rank
     model = runtime.prepare_model(model)
+    frozen = tuple(prefix for prefix, trains in (("image_encoder.", config.train_image_encoder),
+                                                 ("text_encoder.", config.train_text_encoder)) if not trains)
+
+    def trainable() -> dict:  # what a checkpoint needs of the model (frozen encoders never change)
+        return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items() if not k.startswith(frozen)}
 
     start_epoch, state = 1, runtime.restore()
+    best = {"epoch": 0, "score": float("-inf"), "model": None}  # the epoch validation chose so far
     if state is not None:
         unwrap(model).load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        best = state.get("best", best)
         if len(state.get("rng_by_rank", ())) == runtime.world_size:
             rng.load(state["rng_by_rank"][runtime.rank])
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and torch.device(device).type == "cuda"
                 else contextlib.nullcontext())
-    started, last, embeddings = time.perf_counter(), {}, None
+    started, last = time.perf_counter(), {}
     for epoch in range(start_epoch, config.epochs + 1):
         pairs.epoch = epoch  # a different caption per image each epoch
         if hasattr(loader.sampler, "set_epoch"):
@@ -197,11 +196,11 @@ def train_loop(config: Config, runtime) -> None:
                 module.eval()  # a frozen encoder keeps its BatchNorm statistics and no dropout
         epoch_start, total, seen = time.perf_counter(), 0.0, 0
         for images, caption_ids in loader:
-            texts = [train.captions[i] for i in caption_ids.tolist()]
-            if feats is not None:
+            if feats:
                 inputs = {"image_features": images.to(device),
-                          "text_features": feats["train_texts"][caption_ids.cpu()].to(device)}
+                          "text_features": feats["train"][1][caption_ids.cpu()].to(device)}
             else:
+                texts = [train.captions[i] for i in caption_ids.tolist()]
                 inputs = {"images": normalise(images), **tokenize(tokenizer, texts, config.max_length, device)}
             loss = train_step(model, opt, inputs, autocast)
             total += float(loss.detach()) * len(images)
@@ -209,34 +208,53 @@ def train_loop(config: Config, runtime) -> None:
             maybe_fail(config.fail_at_epoch, epoch, runtime)
         seconds = time.perf_counter() - epoch_start
         metrics = {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * runtime.world_size / seconds,
-                   "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started}
+                   "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started,
+                   "temperature": float(unwrap(model).scale().detach())}
         checkpoint = None
         rng_by_rank = gather_objects(rng.state())
         if runtime.is_rank_zero:
-            retrieval, embeddings = evaluate(model, tokenizer, config, test, normalise, device, feats)
-            metrics.update(retrieval, temperature=embeddings[1])
-            frozen = tuple(prefix for prefix, trains in (("image_encoder.", config.train_image_encoder),
-                                                         ("text_encoder.", config.train_text_encoder)) if not trains)
-            trainable = {k: v for k, v in unwrap(model).state_dict().items() if not k.startswith(frozen)}
-            checkpoint = {"model": trainable, "optimizer": opt.state_dict(), "epoch": epoch, "rng_by_rank": rng_by_rank}
+            if val is not None:  # per-epoch metrics on validation only: the test split chooses nothing
+                retrieval, _ = evaluate(model, tokenizer, config, val, normalise, device, feats.get("val"))
+                metrics.update({f"val_{k}": v for k, v in retrieval.items()}, val_rsum=rsum(retrieval))
+                if metrics["val_rsum"] > best["score"]:
+                    best = {"epoch": epoch, "score": metrics["val_rsum"], "model": trainable(), "metrics": dict(metrics)}
+            checkpoint = {"model": trainable(), "optimizer": opt.state_dict(), "epoch": epoch, "rng_by_rank": rng_by_rank,
+                          "best": best}
         runtime.report(metrics, checkpoint=checkpoint)
         last = metrics
 
     final: dict = {}
     if runtime.is_rank_zero:
-        if embeddings is None:  # resumed after the last epoch: evaluate once more
-            retrieval, embeddings = evaluate(model, tokenizer, config, test, normalise, device, feats)
-            last = {**last, **retrieval}
-        final = {k: v for k, v in last.items() if k not in ("epoch_time_s", "wall_time_s")}
-        final.update(counts, pair=config.pair, train_time_s=time.perf_counter() - started, world_size=runtime.world_size,
-                     resumed_from_epoch=state["epoch"] if state else 0, test_images=len(test.images),
-                     train_images=len(train.images))
-        rows = write_prompts(model, tokenizer, config, test, embeddings[0], prompt_features, device,
-                             Path(runtime.artifact_dir))
+        if best["model"] is not None:  # the epoch validation chose
+            unwrap(model).load_state_dict(best["model"], strict=False)
+        selected = best["epoch"] if best["model"] is not None else config.epochs
+        retrieval, embeddings = evaluate(model, tokenizer, config, test, normalise, device, feats.get("test"))
+        # the chosen epoch's row (its loss, its val_ metrics), then its test metrics
+        final = {k: v for k, v in best.get("metrics", last).items() if k not in ("epoch_time_s", "wall_time_s")}
+        final.update(**retrieval, **counts, pair=config.pair, train_time_s=time.perf_counter() - started,
+                     world_size=runtime.world_size, resumed_from_epoch=state["epoch"] if state else 0,
+                     test_images=len(test.images), train_images=len(train.images),
+                     val_images=len(val.images) if val is not None else 0, selected_epoch=selected,
+                     selected_on="val rsum" if val is not None else "last epoch (no val split)",
+                     temperature=embeddings["scale"])
+        out = Path(runtime.artifact_dir)
+        final["embeddings_path"] = str(save_embeddings(out / "test_embeddings.npz", embeddings, test))
+        rows = write_prompts(model, tokenizer, config, test, embeddings["image"], prompt_features, device, out)
         runtime.report(rows, table="prompts")
     else:
         runtime.report({}, table="prompts")
     runtime.report(final, final=True)
+
+
+def save_embeddings(path: Path, embeddings: dict, split) -> Path:
+    """The test split's embeddings, to re-analyse without retraining: image (I, D) and text (T, D)
+    unit vectors, image_of (T,) the image index of each caption, image names, the logit scale."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, image=embeddings["image"].numpy(), text=embeddings["text"].numpy(),
+                            image_of=np.asarray(split.image_of), images=np.asarray(split.images),
+                            scale=np.float32(embeddings["scale"]))
+    return path
 
 
 def write_prompts(model, tokenizer, config: Config, test, image_emb: torch.Tensor, prompt_features, device,
@@ -281,4 +299,5 @@ def write_prompts(model, tokenizer, config: Config, test, image_emb: torch.Tenso
 def preflight(config: Config) -> None:
     """Before Ray starts: the data is readable and the encoders and tokenizer can be built offline."""
     data.load_splits(config)
+    encoders.check_available(config.image_model, config.text_model, config.pretrained)
     encoders.build_tokenizer(config.text_model, config.tokenizer)

@@ -1,0 +1,137 @@
+"""The CLIP study's comparison: encoder pairs side by side (mean ± std over seeds), the published
+figures on the same test set, and a conclusion computed from the numbers.
+
+A configuration is a trial's config without its seed (and without machine-local fields); its seeds
+are the trials of that configuration. A difference between two configurations "exceeds seed noise"
+when it is more than twice its standard error, sqrt(s1^2/n1 + s2^2/n2) (about a 95% two-sided
+Welch test with a few seeds: a rough guide, not a significance claim).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+
+# Published on the 1000 official Flickr8k test images, 5 captions each (../shared/data/flickr8k/README.md).
+PUBLISHED = pd.DataFrame([
+    ("DeViSE (Frome et al. 2013)", 0.059, 0.201, 0.296, 0.048, 0.165, 0.273),
+    ("DVSA (Karpathy & Fei-Fei 2015)", 0.118, 0.321, 0.447, 0.165, 0.406, 0.542),
+    ("UVSE, VGG (Kiros et al. 2014)", 0.125, 0.370, 0.515, 0.180, 0.409, 0.550),
+], columns=["model", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"])
+RECALLS = ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"]
+IDENTITY_EXCLUDE = {"seed", "data_dir", "cache_dir", "prompts", "fail_at_epoch"}
+HEADLINE = "t2i_r10"  # the study's metric (the registry's too)
+
+
+def configurations(trials: pd.DataFrame) -> pd.Series:
+    """A label per row naming its configuration: the pair, plus whatever else differs between them."""
+    from workloads.clip.config import Config
+
+    fields = [f.name for f in dataclasses.fields(Config) if f.name not in IDENTITY_EXCLUDE and f.name in trials]
+    varying = [f for f in fields if trials[f].astype(str).nunique() > 1 and f not in ("image_model", "text_model")]
+    label = trials["pair"].astype(str)
+    for field in varying:
+        label = label + f" {field}=" + trials[field].astype(str)
+    return label
+
+
+def _mean_std(values: pd.Series) -> str:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return ""
+    return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+
+
+def comparison(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: seeds, mean ± std of each recall and the median rank, sizes, speed."""
+    trials = trials.assign(configuration=configurations(trials))
+    rows = []
+    for name, group in trials.groupby("configuration", sort=False):
+        row = {"pair": name, "seeds": len(group)}
+        for column in [*RECALLS, "t2i_median_rank"]:
+            if column in group:
+                row[column] = _mean_std(group[column])
+        for column in ("image_params", "text_params"):
+            if column in group:
+                row[column] = f"{group[column].iloc[0] / 1e6:.1f}M"
+        if "images_per_s" in group:
+            row["train img/s"] = f"{group['images_per_s'].mean():.0f}"
+        if "selected_epoch" in group:
+            row["epoch (val)"] = ",".join(str(int(e)) for e in group["selected_epoch"].dropna())
+        row["_mean"] = group[HEADLINE].mean()
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("_mean", ascending=False)
+
+
+def _stats(group: pd.Series) -> tuple[float, float, int]:
+    values = group.dropna().astype(float)
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else float("nan")), len(values)
+
+
+def difference(a: pd.Series, b: pd.Series) -> tuple[float, float, bool]:
+    """(mean(b) - mean(a), its standard error, whether it exceeds twice that error)."""
+    (ma, sa, na), (mb, sb, nb) = _stats(a), _stats(b)
+    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if na > 1 and nb > 1 else float("nan")
+    return mb - ma, se, bool(se == se and abs(mb - ma) > 2 * se)
+
+
+def _effect(trials: pd.DataFrame, side: str, other: str) -> list[str]:
+    """Smallest -> largest encoder on `side`, at each encoder of the `other` side run with both."""
+    size = f"{side}_params"
+    lines = []
+    for fixed, group in trials.groupby(f"{other}_model"):
+        models = group.groupby(f"{side}_model")[size].first().sort_values()
+        if len(models) < 2:
+            continue
+        small, large = models.index[0], models.index[-1]
+        delta, se, real = difference(group[group[f"{side}_model"] == small][HEADLINE],
+                                     group[group[f"{side}_model"] == large][HEADLINE])
+        lines.append(f"{side} encoder {_short(small)} -> {_short(large)} (with {_short(fixed)}): R@10 {delta:+.3f}"
+                     + (f" ± {se:.3f} ({'exceeds' if real else 'within'} seed noise)" if se == se else " (one seed)"))
+    return lines
+
+
+def _short(name: str) -> str:
+    return str(name).removeprefix("pkg:")
+
+
+def conclusion(trials: pd.DataFrame) -> list[str]:
+    """What the numbers say about the study's question, set beside the study's own claims."""
+    if not {"image_model", "text_model", "image_params", "text_params", HEADLINE} <= set(trials):
+        return []
+    trials = trials.assign(configuration=configurations(trials))
+    image, text = _effect(trials, "image", "text"), _effect(trials, "text", "image")
+    lines = ["conclusion (text->image R@10 on the test split, mean ± standard error over seeds):"]
+    lines += [f"  {line}" for line in image + text]
+    if not text:
+        lines.append("  text side: not compared in this run (one text encoder; the mpnet extra and a --sweep add it)")
+    means = trials.groupby("configuration")[HEADLINE].apply(list)
+    order = means.apply(np.mean).sort_values(ascending=False)
+    ranked = []
+    for higher, lower in zip(order.index, order.index[1:]):
+        _, _, real = difference(pd.Series(means[lower]), pd.Series(means[higher]))
+        ranked.append(f"{higher} {'>' if real else '~'} ")
+    lines.append("  ranking: " + "".join(ranked) + str(order.index[-1]) + "   (>: beyond seed noise; ~: within it)")
+    lines.append("  the study's claims: the pair with the largest image encoder won (A > C > B), and a larger text "
+                 "encoder did not rescue a small image encoder: the image side matters most")
+    return lines
+
+
+def published_rows(test_images: int, dataset: str) -> str:
+    if test_images != 1000 or dataset != "flickr8k":
+        return "(published figures are on the 1000 official test images: not comparable with this run's test split)"
+    return "published on the same 1000 test images:\n" + PUBLISHED.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def text_report(trials: pd.DataFrame) -> list[str]:
+    table = comparison(trials).drop(columns="_mean")
+    n = int(trials["test_images"].max()) if "test_images" in trials else 0
+    dataset = str(trials["dataset"].iloc[0]) if "dataset" in trials else ""
+    selected = set(trials.get("selected_on", pd.Series(dtype=str)).dropna())
+    lines = [f"text->image (t2i) and image->text (i2t) retrieval on {n} test images of {dataset}, mean ± std over seeds; "
+             f"epoch chosen by {', '.join(sorted(selected)) or 'last epoch'}; chance R@10 {10 / max(n, 1):.3f}",
+             table.to_string(index=False), "", published_rows(n, dataset), ""]
+    return lines + conclusion(trials)

@@ -1,0 +1,98 @@
+"""The CLIP comparison: --sweep and --seeds, frozen-encoder trials as plain Tune trials with features
+cached per encoder (not per pair), and the report that compares pairs over seeds."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main, resolve
+from orchestrator.clip_report import comparison, conclusion, difference
+from orchestrator.spec import SpecError
+
+
+def test_sweep_is_a_grid_over_the_named_fields_replacing_the_profiles(capsys):
+    (gan,) = resolve("gan", "local", [], sweeps=["lr=1e-4,2e-4", "beta1=0.5,0.9"])
+    configs = gan.trial_configs()
+    assert [(c.lr, c.beta1) for c in configs] == [(1e-4, 0.5), (1e-4, 0.9), (2e-4, 0.5), (2e-4, 0.9)]
+    (clip,) = resolve("clip", "local", [], sweeps=["image_model=pkg:efficientnet-lite0,pkg:efficientnet-lite2",
+                                                   "text_model=pkg:all-minilm-l6-v2,pkg:all-mpnet-base-v2"])
+    assert len(clip.trial_configs()) == 4 * 3  # 2 x 2 pairs, the profile's 3 seeds each
+    assert "replacing the local profile's 3" in capsys.readouterr().out
+    minimax, gan, clip = resolve("all", "local", [], sweeps=["gan.lr=1e-4,2e-4"], seeds=2)
+    assert len(gan.trial_configs()) == 2 * 2 and minimax.seeds == 1  # minimax has no seed: --seeds skips it
+
+
+def test_seeds_run_each_configuration_seed_major():
+    (gan,) = resolve("gan", "local", [], sweeps=["lr=1e-4,2e-4"], seeds=3)
+    assert [(c.seed, c.lr) for c in gan.trial_configs()] == [(42, 1e-4), (42, 2e-4), (43, 1e-4), (43, 2e-4),
+                                                            (44, 1e-4), (44, 2e-4)]
+    (one,) = resolve("clip", "local", [], seeds=1)
+    assert len(one.trial_configs()) == 3  # the profile's 3 pairs, one seed
+
+
+@pytest.mark.parametrize("sweeps, seeds, message", [
+    (["lr=1e-4,abc"], None, "lr='abc': expected a number"),
+    (["lr="], None, "expected FIELD=V1,V2"),
+    (["lrr=1e-4"], None, "unknown config field"),
+    (["num_workers=1,2"], None, "a scaling setting: use --set"),
+    (["sample_epochs=1,2"], None, "cannot be swept"),
+    (["lr=-1,1e-4"], None, "lr must be > 0"),
+    ([], 0, "--seeds must be >= 1"),
+])
+def test_bad_sweeps_fail_before_ray_with_one_line(sweeps, seeds, message):
+    with pytest.raises(SpecError, match=message):
+        resolve("gan", "local", [], sweeps=sweeps, seeds=seeds)
+
+
+def test_bad_sweeps_on_the_command_line(tmp_path, capsys):
+    assert main(["run", "minimax", "--seeds", "2", "--results", str(tmp_path)]) == 2
+    assert main(["run", "all", "--sweep", "lr=1e-4,2e-4", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "no random seed" in err[0] and "STUDY.lr" in err[1]
+
+
+def test_a_difference_exceeds_seed_noise_only_beyond_twice_its_standard_error():
+    delta, se, real = difference(pd.Series([0.50, 0.52, 0.51]), pd.Series([0.60, 0.61, 0.59]))
+    assert delta == pytest.approx(0.09) and se == pytest.approx(np.sqrt(0.01 ** 2 / 3 * 2)) and real
+    _, _, noise = difference(pd.Series([0.50, 0.58, 0.54]), pd.Series([0.55, 0.51, 0.59]))
+    assert not noise
+
+
+TINY_FROZEN = ["--set", "dataset=flickr8k", "--set", "train_images=48", "--set", "val_images=24",
+               "--set", "test_images=24", "--set", "epochs=3", "--set", "batch_size=16", "--seeds", "2",
+               "--sweep", "image_model=pkg:efficientnet-lite0,pkg:efficientnet-lite1", "--no-dashboard"]
+
+
+@pytest.fixture(scope="module")
+def frozen_run(ray_session, data_dir, tmp_path_factory):
+    results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    assert main(["run", "clip", "--results", str(results), "--data-dir", data_dir, "--set", f"cache_dir={cache}",
+                 *TINY_FROZEN]) == 0
+    return results, cache
+
+
+def test_frozen_pairs_run_as_plain_tune_trials_with_features_cached_per_encoder(frozen_run):
+    results, cache = frozen_run
+    trials = pd.read_parquet(results / "clip" / "trials.parquet")
+    assert len(trials) == 2 * 2 and (trials["status"] == "TERMINATED").all()
+    assert sorted(trials["seed"]) == [42, 42, 43, 43] and trials["pair"].nunique() == 2
+    assert (trials["world_size"] == 1).all()
+    assert not any((results / "_ray" / f"clip-{key}").exists() for key in trials["trial_key"])  # no Train run
+    # two image encoders x 3 splits, one text encoder x 3 splits: 9 extractions for 4 trials
+    assert len(list((cache / "clip_features" / "image").glob("*.pt"))) == 2 * 3
+    assert len(list((cache / "clip_features" / "text").glob("*.pt"))) == 1 * 3
+    assert (trials["selected_on"] == "val rsum").all() and trials["embeddings_path"].map(lambda p: p.endswith(".npz")).all()
+
+
+def test_report_compares_the_pairs_over_seeds(frozen_run, capsys):
+    results, _ = frozen_run
+    assert main(["report", "clip", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet-lite1+all-minilm-l6-v2" in out and " ± " in out
+    assert "image encoder efficientnet-lite0 -> efficientnet-lite1 (with all-minilm-l6-v2): R@10" in out
+    assert "text side: not compared in this run" in out
+    assert "published figures are on the 1000 official test images" in out  # 24 test images here
+    trials = pd.read_parquet(results / "clip" / "trials.parquet")
+    table = comparison(trials)
+    assert list(table["seeds"]) == [2, 2]
+    assert any(line.startswith("  ranking:") for line in conclusion(trials))
