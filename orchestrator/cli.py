@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "$RAY_ADDRESS (set inside a Ray job), else a local Ray. ray:// (Ray Client) is refused: "
                      "submit with `ray job submit` instead")
     run.add_argument("--data-dir", default=None, metavar="DIR",
-                     help="folder holding FashionMNIST/ (and flickr8k_subset/); default: $ORCHESTRATOR_DATA_DIR, "
+                     help="folder holding FashionMNIST/ and flickr8k/; default: $ORCHESTRATOR_DATA_DIR, "
                      "else download where possible")
     run.add_argument("--storage", default=None, metavar="URI",
                      help="where Ray keeps checkpoints (a path every node reaches, or s3://BUCKET/prefix); "

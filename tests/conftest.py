@@ -32,10 +32,10 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def data_dir():
-    """The real data folder (FashionMNIST/, flickr8k_subset/), from ORCHESTRATOR_DATA_DIR."""
+    """The real data folder (FashionMNIST/, flickr8k/, flickr8k_subset/), from ORCHESTRATOR_DATA_DIR."""
     path = os.environ.get("ORCHESTRATOR_DATA_DIR")
     if not path:
-        pytest.skip("ORCHESTRATOR_DATA_DIR is not set: point it at the folder holding FashionMNIST/ and flickr8k_subset/")
+        pytest.skip("ORCHESTRATOR_DATA_DIR is not set: point it at the folder holding FashionMNIST/ and flickr8k/ (../shared/data)")
     return path
 
 

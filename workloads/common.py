@@ -8,7 +8,7 @@ import secrets
 import socket
 from pathlib import Path
 
-DATA_ENV = "ORCHESTRATOR_DATA_DIR"  # the folder holding FashionMNIST/ and flickr8k_subset/
+DATA_ENV = "ORCHESTRATOR_DATA_DIR"  # the folder holding FashionMNIST/ and flickr8k/
 CACHE_ENV = "ORCHESTRATOR_CACHE_DIR"  # where extracted data and cached models go
 TMP_MARK = ".tmp"  # in the name of every temporary file atomic_path writes (hidden: it starts with ".")
 
