@@ -23,8 +23,10 @@ from common import ROOT, bare_ray_command, timed
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("ORCHESTRATOR_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--keep", default=None, metavar="DIR", help="keep the results and cache here (to read the run's figures)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "ORCHESTRATOR_DATA_DIR": args.data_dir,
                "ORCHESTRATOR_CACHE_DIR": f"{tmp}/cache"}  # empty: what a fresh machine has
         cmd = [sys.executable, "-m", "orchestrator", "run", "all", "--results", f"{tmp}/results"]

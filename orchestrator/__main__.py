@@ -7,7 +7,10 @@ from orchestrator.cli import main
 from orchestrator.interrupts import INTERRUPTED
 
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # one more Ctrl-C, outside the run's own handling
+        code = INTERRUPTED
     if code == INTERRUPTED:
         # Ray is already shut down (cli._interrupted): skip the interpreter's finalisation, where a
         # Ray interrupted inside ray.init crashed with SIGSEGV instead of exiting 130

@@ -173,6 +173,10 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
         if swept[name]:
             say(f"[{name}] --sweep {' x '.join(swept[name])}: {len(exp.trial_configs()) // exp.seeds} configurations "
                 f"(replacing the {profile} profile's {before}){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}")
+        keys = [trial_key(c) for c in exp.trial_configs()]
+        if len(set(keys)) < len(keys):
+            raise SpecError(f"{name}: {len(keys) - len(set(keys))} trials repeat others (e.g. --sweep seed=... with "
+                            "--seeds N > 1 gives overlapping seeds): sweep seeds with --seeds alone")
         out.append(dataclasses.replace(exp, config=_absolute_dirs(exp.config)))
     return out
 
@@ -198,6 +202,9 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
     every trial's config, before Ray starts; failures are one line. Trials that differ only in
     what the check does not read (e.g. a learning rate) are checked once per distinct config."""
     for exp in experiments:
+        if len({WORKLOADS[exp.study].runs_distributed(c) for c in exp.trial_configs()}) > 1:
+            raise SpecError(f"{exp.study}: the sweep mixes Train trials and single-process ones (frozen and "
+                            "fine-tuned encoders): run them as two runs")
         seen = set()
         for config in exp.trial_configs():
             if trial_key(config) in seen:
@@ -229,6 +236,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         store.sweep_temporaries()  # left by runs killed mid-write; we hold the lock, no one else writes
         return _run_locked(args, experiments, store, run_id)
+    except BaseException:
+        interrupts.stop_ray()  # what this run started of Ray ends before another run may take the lock
+        raise
     finally:
         lock.release()
 
@@ -255,7 +265,8 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             study, text = _summary(exp, done[exp.study], 0)
             print(f"  {study:<8} {text}")
         return 0
-    with interrupts.starting_ray(owned=not ray_backend.ray_is_up()):
+    local = not (args.address or os.environ.get("RAY_ADDRESS") or ray_backend.ray_is_up())
+    with interrupts.starting_ray(local):
         session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
     record_spec()
     failed, summary = 0, []

@@ -3,8 +3,9 @@ figures on the same test set, and a conclusion computed from the numbers.
 
 A configuration is a trial's config without its seed (and without machine-local fields); its seeds
 are the trials of that configuration. A difference between two configurations "exceeds seed noise"
-when it is more than twice its standard error, sqrt(s1^2/n1 + s2^2/n2) (about a 95% two-sided
-Welch test with a few seeds: a rough guide, not a significance claim).
+when Welch's two-sided t-test rejects equal means at 5%: |d| > t(0.975, df) * SE, with
+SE = sqrt(s1^2/n1 + s2^2/n2) and the Welch-Satterthwaite df (with 3 seeds a side, df ~ 4 and
+t ~ 2.8: a difference must be ~2.8 standard errors, not 2).
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ IDENTITY_EXCLUDE = {"seed", "data_dir", "cache_dir", "prompts", "fail_at_epoch"}
 HEADLINE = "t2i_r10"  # the study's metric (the registry's too)
 
 
-def configurations(trials: pd.DataFrame) -> pd.Series:
-    """A label per row naming its configuration: the pair, plus whatever else differs between them."""
+def configurations(trials: pd.DataFrame, without: str = "") -> pd.Series:
+    """A label per row naming its configuration: the pair, plus whatever else differs between rows.
+    `without="image_model"` (or text_model): the label of everything but that encoder."""
     from workloads.clip.config import Config
 
     fields = [f.name for f in dataclasses.fields(Config) if f.name not in IDENTITY_EXCLUDE and f.name in trials]
     varying = [f for f in fields if trials[f].astype(str).nunique() > 1 and f not in ("image_model", "text_model")]
-    label = trials["pair"].astype(str)
+    if without:
+        other = "text_model" if without == "image_model" else "image_model"
+        label = trials[other].astype(str).str.removeprefix("pkg:")
+    else:
+        label = trials["pair"].astype(str)
     for field in varying:
         label = label + f" {field}=" + trials[field].astype(str)
     return label
@@ -72,24 +78,33 @@ def _stats(group: pd.Series) -> tuple[float, float, int]:
 
 
 def difference(a: pd.Series, b: pd.Series) -> tuple[float, float, bool]:
-    """(mean(b) - mean(a), its standard error, whether it exceeds twice that error)."""
+    """(mean(b) - mean(a), its standard error, whether Welch's t-test rejects equal means at 5%)."""
+    from scipy import stats
+
     (ma, sa, na), (mb, sb, nb) = _stats(a), _stats(b)
-    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb) if na > 1 and nb > 1 else float("nan")
-    return mb - ma, se, bool(se == se and abs(mb - ma) > 2 * se)
+    if na < 2 or nb < 2:
+        return mb - ma, float("nan"), False
+    va, vb = sa ** 2 / na, sb ** 2 / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return mb - ma, se, mb != ma
+    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))  # Welch-Satterthwaite
+    return mb - ma, se, bool(abs(mb - ma) > stats.t.ppf(0.975, df) * se)
 
 
-def _effect(trials: pd.DataFrame, side: str, other: str) -> list[str]:
-    """Smallest -> largest encoder on `side`, at each encoder of the `other` side run with both."""
+def _effect(trials: pd.DataFrame, side: str) -> list[str]:
+    """Smallest -> largest encoder on `side` ("image" / "text"), within each configuration of
+    everything else (the other encoder, any other swept setting) run with both."""
     size = f"{side}_params"
     lines = []
-    for fixed, group in trials.groupby(f"{other}_model"):
+    for fixed, group in trials.groupby(configurations(trials, without=f"{side}_model")):
         models = group.groupby(f"{side}_model")[size].first().sort_values()
         if len(models) < 2:
             continue
         small, large = models.index[0], models.index[-1]
         delta, se, real = difference(group[group[f"{side}_model"] == small][HEADLINE],
                                      group[group[f"{side}_model"] == large][HEADLINE])
-        lines.append(f"{side} encoder {_short(small)} -> {_short(large)} (with {_short(fixed)}): R@10 {delta:+.3f}"
+        lines.append(f"{side} encoder {_short(small)} -> {_short(large)} (with {fixed}): R@10 {delta:+.3f}"
                      + (f" ± {se:.3f} ({'exceeds' if real else 'within'} seed noise)" if se == se else " (one seed)"))
     return lines
 
@@ -103,8 +118,9 @@ def conclusion(trials: pd.DataFrame) -> list[str]:
     if not {"image_model", "text_model", "image_params", "text_params", HEADLINE} <= set(trials):
         return []
     trials = trials.assign(configuration=configurations(trials))
-    image, text = _effect(trials, "image", "text"), _effect(trials, "text", "image")
-    lines = ["conclusion (text->image R@10 on the test split, mean ± standard error over seeds):"]
+    image, text = _effect(trials, "image"), _effect(trials, "text")
+    lines = ["conclusion (text->image R@10 on the test split: difference ± its standard error over seeds; "
+             "'exceeds seed noise': Welch's t-test at 5%):"]
     lines += [f"  {line}" for line in image + text]
     if not text:
         lines.append("  text side: not compared in this run (one text encoder; the mpnet extra and a --sweep add it)")

@@ -113,7 +113,7 @@ EXPERIMENTS: dict[str, dict[str, Experiment]] = {
         "paper": Experiment(
             study="clip", profile="paper",
             summary="Tune grid over the study's 3 pairs (ResNet-50 + DistilBERT, ResNet-18 + BERT, ResNet-34 + "
-            "RoBERTa), pretrained, fine-tuned 5 epochs on Flickr8k (Kaggle layout, 80/20); 2 GPU workers each",
+            "RoBERTa), pretrained, fine-tuned 5 epochs on Flickr8k (Kaggle layout, 80/10/10 by image: the epoch chosen on val); 2 GPU workers each",
             config=clip.Config(dataset="flickr8k", images_subdir="Images", captions_file="captions.txt",
                                splits_file="", epochs=5),
             scaling=Scaling(num_workers=2, use_gpu=True, cpus_per_worker=4),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 INTERRUPTED = 130  # exit code of a run ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 _SIGNALLED: list[int] = []  # SIGINT / SIGTERM received by this run (see _interrupt)
-_STARTS_RAY: list[bool] = []  # [True] once this run starts (not joins or reuses) a Ray: it stops it on interrupt
+_STARTS_RAY: list[set] = []  # [PIDs of our children before ray.init] once this run starts a local Ray: it stops it
 
 
 def _interrupt(signum, frame) -> None:
@@ -31,17 +31,20 @@ def stop_ray() -> None:
     """Shut down what this process started of Ray. An interrupt inside ray.init leaves it half
     connected, and the interpreter's exit then crashed (SIGSEGV) in Ray's own atexit shutdown:
     shut it down here, while the interpreter is whole (__main__ then exits without finalising)."""
-    if not _STARTS_RAY:  # Ray was never started here, or was the caller's (tests, notebooks)
+    if not _STARTS_RAY:  # Ray was never started here, or was the caller's (tests, notebooks), or joined
         return
     import ray
 
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut this short (SIGKILL still ends it)
+        signal.signal(signum, signal.SIG_IGN)
     try:
         ray.shutdown()
     except Exception:  # a half-started Ray may fail to stop cleanly; the exit still must happen
         pass
     # ray.init interrupted before it recorded its node: shutdown() cannot see the GCS, raylet and
-    # agents it had started. They are this process's descendants (the CLI starts nothing else).
-    end_processes(descendants(os.getpid()))
+    # agents it had started. They are the descendants of this process that appeared since ray.init began.
+    before = _STARTS_RAY.pop()
+    end_processes([pid for pid in descendants(os.getpid()) if pid not in before])
 
 
 def descendants(pid: int) -> list[int]:
@@ -101,15 +104,22 @@ def handled(enabled: bool):
 
 
 @contextlib.contextmanager
-def starting_ray(owned: bool):
-    """Around ray.init: remember that this process owns the Ray it starts (stop_ray then stops it),
-    put our SIGTERM handler back (ray.init replaces it with a bare sys.exit), and raise an
-    interrupt that code inside ray.init swallowed."""
-    if owned:
-        _STARTS_RAY.append(True)
+def starting_ray(local: bool):
+    """Around ray.init: remember that this process starts a local Ray (stop_ray then stops it, and
+    what it spawned), put our SIGTERM handler back (ray.init replaces it with a bare sys.exit), and
+    turn an interrupt that code inside ray.init swallowed, or turned into another error, back into
+    an interrupt."""
+    if local:
+        _STARTS_RAY.append(set(descendants(os.getpid())))
     handler = signal.getsignal(signal.SIGTERM)
-    yield
-    if handler is _interrupt:
-        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    except BaseException:
+        if _SIGNALLED:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is _interrupt:  # ours again; ignored if a SIGTERM came already (as _interrupt does)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if signal.SIGTERM in _SIGNALLED else _interrupt)
     if _SIGNALLED:
         raise KeyboardInterrupt

@@ -151,6 +151,11 @@ def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, 
     need = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
     known = ray_cluster.cluster_node_types(joined)
     if known is None:
+        if not joined and ray_cluster.slots_now(need) < 1:  # a local Ray never grows: Tune would wait forever
+            resources = __import__("ray").cluster_resources()
+            raise BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
+                               f"{resources.get('GPU', 0):g} GPU: lower cpus_per_worker, set use_gpu=false, or join a "
+                               "cluster with --address")
         return need, None
     types, max_workers = known
     if scaling.use_gpu:  # GPU work: GPU nodes are what it needs
@@ -373,11 +378,7 @@ def run_experiment(
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
     say = lambda line: progress(f"[{exp.study}] {line}")  # noqa: E731
-    kinds = {workload.runs_distributed(c) for c in configs}
-    if len(kinds) > 1:
-        raise BackendError(f"{exp.study}: the sweep mixes Train trials and single-process ones (e.g. frozen and "
-                           "fine-tuned encoders): run them as two runs")
-    distributed = kinds.pop()
+    distributed = workload.runs_distributed(configs[0])  # the same for every trial (checked in preflight)
     # read here, in the CLI's process: actors on a cluster do not inherit its environment
     fallback = os.environ.get(CPU_FALLBACK_ENV, "") == "1"
     if distributed:

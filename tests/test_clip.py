@@ -129,16 +129,15 @@ def kaggle_layout(data_dir, tmp_path_factory):
     return root
 
 
-def test_split_is_80_20_by_image_when_no_split_file(kaggle_layout):
+def test_split_is_80_10_10_by_image_when_no_split_file(kaggle_layout):
     cfg = Config(data_dir=str(kaggle_layout.parent), dataset="flickr8k", images_subdir="Images",
                  captions_file="captions.txt", splits_file="")
     train, val, test = data.load_splits(cfg)
-    assert val is None  # no split file: no validation split (the last epoch is tested)
-    assert (len(train.images), len(test.images)) == (16, 4)
-    assert not set(train.images) & set(test.images)
-    assert len(train.captions) == 5 * 16 and len(test.captions) == 5 * 4  # every caption follows its image
-    again, _, _ = data.load_splits(cfg)
-    assert again.images == train.images  # reproducible (seed)
+    assert (len(train.images), len(val.images), len(test.images)) == (16, 2, 2)
+    assert not set(train.images) & set(test.images) and not set(val.images) & (set(train.images) | set(test.images))
+    assert len(train.captions) == 5 * 16 and len(test.captions) == 5 * 2  # every caption follows its image
+    again, _, _ = data.load_splits(Config(**{**cfg.__dict__, "seed": 7}))
+    assert again.images == train.images  # the same split for every training seed (split_seed)
 
 
 def test_missing_image_fails_with_its_name(kaggle_layout, tmp_path):

@@ -51,7 +51,8 @@ class Config:
     dataset: str = "flickr8k_subset"  # folder under data_dir
     images_subdir: str = "images"  # the Kaggle Flickr8k download uses "Images"
     captions_file: str = "captions.csv"  # columns image, caption ("captions.txt" in the Kaggle layout)
-    splits_file: str = "splits.csv"  # columns image, split; missing -> 80/20 by image with `seed`
+    splits_file: str = "splits.csv"  # columns image, split (train/val/test); missing -> 80/10/10 by image
+    split_seed: int = 42  # that 80/10/10 split's shuffle: fixed, so that seeds vary the training, not the data
     train_images: int = 0  # use the first N training images (0: all)
     val_images: int = 0  # validate on the first N validation images (0: all; chooses the epoch that is tested)
     test_images: int = 0  # evaluate on the first N test images (0: all)

@@ -1,7 +1,7 @@
 """Flickr8k in its common layout: an image folder, a captions CSV (image, caption), a split file.
 
-The split is the given split file, else 80/20 by image with the config's seed (never by caption:
-all five captions of an image stay on one side). A missing or unreadable image fails with its name.
+The split is the given split file, else 80/10/10 train/val/test by image with `split_seed` (never by
+caption: all five captions of an image stay on one side; independent of the training seed). A missing or unreadable image fails with its name.
 """
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ def load_splits(cfg) -> tuple[Split, Split | None, Split]:
     splits_path = root / cfg.splits_file if cfg.splits_file else None
     if splits_path is not None and splits_path.is_file():
         side = pd.read_csv(splits_path).set_index("image")["split"].to_dict()
-    else:  # 80/20 by image, reproducible
-        order = np.random.default_rng(cfg.seed).permutation(len(images))
-        cut = int(round(0.8 * len(images)))
-        side = {images[i]: ("train" if rank < cut else "test") for rank, i in enumerate(order)}
+    else:  # 80/10/10 by image (all five captions of an image on one side), the same for every seed
+        order = np.random.default_rng(cfg.split_seed).permutation(len(images))
+        train_end, val_end = int(round(0.8 * len(images))), int(round(0.9 * len(images)))
+        side = {images[i]: ("train" if rank < train_end else "val" if rank < val_end else "test")
+                for rank, i in enumerate(order)}
     out = {}
     for name, limit in (("train", cfg.train_images), ("val", cfg.val_images), ("test", cfg.test_images)):
         chosen = [im for im in images if side.get(im) == name]
@@ -72,7 +73,7 @@ def load_splits(cfg) -> tuple[Split, Split | None, Split]:
             if name == "val":
                 out[name] = None
                 continue
-            raise DataError(f"no {name} images in {root} (split file: {cfg.splits_file or 'none, 80/20 by image'})")
+            raise DataError(f"no {name} images in {root} (split file: {cfg.splits_file or 'none, 80/10/10 by image'})")
         index = {im: i for i, im in enumerate(chosen)}
         rows = table[table["image"].isin(index)]
         out[name] = Split(chosen, rows["caption"].tolist(), rows["image"].map(index).to_numpy(), images_dir)

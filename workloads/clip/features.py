@@ -23,7 +23,7 @@ from workloads.clip import images as images_mod
 from workloads.clip.config import Config
 from workloads.common import atomic_path, build_lock, cache_root
 
-VERSION = 2  # bump when extraction changes
+VERSION = 3  # bump when extraction changes
 
 
 def _path(kind: str, ident: dict) -> Path:

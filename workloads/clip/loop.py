@@ -31,9 +31,13 @@ from workloads.runtime import RankRNG, gather_objects, maybe_fail, unwrap
 
 def build(config: Config) -> tuple[CLIP, object, tuple, tuple]:
     """(model, tokenizer, mean, std). Frozen encoders are kept but their weights never train."""
+    # a stream per encoder: a random-init encoder's weights depend on the seed alone, not on what was
+    # built before it (its cached features are keyed by the encoder, not the pair: features.py)
     torch.manual_seed(config.seed)
     image = encoders.build_image_encoder(config.image_model, config.pretrained, config.image_weights)
+    torch.manual_seed(config.seed + 1)
     text = encoders.build_text_encoder(config.text_model, config.pretrained, config.text_layers, config.text_width)
+    torch.manual_seed(config.seed + 2)  # the heads
     tokenizer = encoders.build_tokenizer(config.text_model, config.tokenizer)
     mean, std = encoders.image_normalisation(image, config.image_mean, config.image_std)
     # NHWC weights (inputs follow in CLIP.image_features): oneDNN's and cuDNN's fast conv layout. Measured
