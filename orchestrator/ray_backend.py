@@ -152,10 +152,7 @@ def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, 
     known = ray_cluster.cluster_node_types(joined)
     if known is None:
         if not joined and ray_cluster.slots_now(need) < 1:  # a local Ray never grows: Tune would wait forever
-            resources = __import__("ray").cluster_resources()
-            raise BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
-                               f"{resources.get('GPU', 0):g} GPU: lower cpus_per_worker, set use_gpu=false, or join a "
-                               "cluster with --address")
+            raise _machine_too_small(scaling, "lower cpus_per_worker, set use_gpu=false")
         return need, None
     types, max_workers = known
     if scaling.use_gpu:  # GPU work: GPU nodes are what it needs
@@ -194,10 +191,14 @@ def _max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) 
         say(f"the cluster cannot hold one trial yet ({_need_text(scaling)}; it has {resources.get('CPU', 0):g} CPU, "
             f"{resources.get('GPU', 0):g} GPU now): trials wait for nodes (max_wait_s={scaling.max_wait_s:g})")
         return None
-    raise BackendError(
-        f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
-        f"{resources.get('GPU', 0):g} GPU: lower num_workers / cpus_per_worker, or join a cluster with --address"
-    )
+    raise _machine_too_small(scaling, "lower num_workers / cpus_per_worker")
+
+
+def _machine_too_small(scaling: Scaling, what: str) -> BackendError:
+    """One line: a local Ray that can never hold one trial."""
+    resources = __import__("ray").cluster_resources()
+    return BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
+                        f"{resources.get('GPU', 0):g} GPU: {what}, or join a cluster with --address")
 
 
 # ---- the driver side -----------------------------------------------------------------------------

@@ -196,10 +196,10 @@ def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tupl
         first = trials.assign(configuration=compare.configurations(trials))
         first = first.sort_values("seed").drop_duplicates("configuration") if "seed" in first else first
         prompts = prompts[attempts(prompts).isin(set(first["attempt"]))]
-        order = {pair: i for i, pair in enumerate(compare.comparison(trials)["pair"])}
-        shown = prompts.drop_duplicates("grid").assign(
-            at=lambda f: f["pair"].map(lambda p: min((i for name, i in order.items() if name.startswith(str(p))), default=0)))
-        grids = [Path(g) for g in shown.sort_values(["prompt", "at"])["grid"]]
+        rank = {label: i for i, label in enumerate(compare.comparison(trials)["pair"])}  # the table's order
+        at = dict(zip(first["attempt"], first["configuration"].map(rank)))
+        shown = prompts.drop_duplicates("grid")
+        grids = [Path(g) for g in shown.assign(at=attempts(shown).map(at)).sort_values(["prompt", "at"])["grid"]]
         lines.append(f"prompt grids ({len(grids)}): {grids[0].parent.parent.parent if grids else ''}")
     return "\n".join(lines), grids
 

@@ -85,18 +85,20 @@ def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, devi
 
 def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normalise, device, runtime) -> dict:
     """Frozen encoders: {split: (image features, caption features)}, from the per-encoder cache
-    (rank 0 extracts what is missing; the other ranks wait for its files)."""
+    (rank 0 extracts what is missing; the other ranks read its files once it is done)."""
     say = getattr(runtime, "say", None)
+
+    def load(split, compute: bool) -> tuple:
+        return (features.cached("image", features.image_key(config, split), compute and (
+                    lambda: features.encode_images(unwrap(model), split_images(config, split), normalise, say=say)), say),
+                features.cached("text", features.text_key(config, split), compute and (
+                    lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, say)), say))
+
     if runtime.is_rank_zero:
         unwrap(model).eval()
-        for name, split in splits.items():
-            features.cached("image", features.image_key(config, split),
-                            lambda: features.encode_images(unwrap(model), split_images(config, split), normalise, say=say), say)
-            features.cached("text", features.text_key(config, split),
-                            lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, say), say)
+        out = {name: load(split, compute=True) for name, split in splits.items()}
     runtime.barrier()
-    return {name: (features.cached("image", features.image_key(config, split), None),
-                   features.cached("text", features.text_key(config, split), None)) for name, split in splits.items()}
+    return out if runtime.is_rank_zero else {name: load(split, compute=False) for name, split in splits.items()}
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
