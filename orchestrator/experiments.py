@@ -81,7 +81,8 @@ EXPERIMENTS: dict[str, dict[str, Experiment]] = {
         "local": Experiment(
             study="gan", profile="local",
             summary="1 trial, 2-worker DDP on CPU: 12800 real images x 4 epochs, lr 2e-4, FID on 1000 (~5 min on 2 CPU cores)",
-            config=gan.Config(train_images=12800, epochs=4, lr=2e-4, sample_epochs=(1, 2, 4), fid_images=1000),
+            # amp: bf16 forwards where the CPU has native bf16 (AVX512-BF16/AMX), a step 1.6x faster here
+            config=gan.Config(train_images=12800, epochs=4, lr=2e-4, sample_epochs=(1, 2, 4), fid_images=1000, amp=True),
             scaling=Scaling(num_workers=2, cpus_per_worker=1.0),
         ),
         "paper": Experiment(

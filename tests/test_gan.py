@@ -3,6 +3,7 @@ under Ray Train with an injected failure, resumed from its checkpoint."""
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -198,3 +199,30 @@ def test_the_step_runs_in_channels_last_and_bf16_as_in_fp32():
     plain = step(torch.contiguous_format, contextlib.nullcontext())
     assert step(torch.channels_last, contextlib.nullcontext()) == pytest.approx(plain, rel=1e-4)
     assert step(torch.contiguous_format, torch.autocast("cpu", dtype=torch.bfloat16)) == pytest.approx(plain, rel=0.05)
+
+
+def test_bf16_autocast_only_where_native():
+    """amp turns bf16 on where the CPU has it natively (the flags Linux reports), and a GAN step under it
+    stays close to the fp32 step from the same weights and inputs."""
+    import contextlib
+
+    from workloads.common import bf16_autocast, native_bf16
+    from workloads.gan.loop import gan_step
+    from workloads.gan.models import Discriminator, Generator
+
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert native_bf16("cpu") == ("avx512_bf16" in flags or "amx_tile" in flags)
+    assert isinstance(bf16_autocast("cpu", enabled=False), contextlib.nullcontext)
+    if not native_bf16("cpu"):
+        assert isinstance(bf16_autocast("cpu"), contextlib.nullcontext)
+        pytest.skip("this CPU has no native bf16: amp leaves it in fp32")
+    losses = []
+    for autocast in (contextlib.nullcontext(), bf16_autocast("cpu")):
+        torch.manual_seed(0)
+        g, d = Generator(), Discriminator().eval()  # eval: no dropout, so both passes see the same network
+        opt_g, opt_d = torch.optim.Adam(g.parameters(), 1e-4), torch.optim.Adam(d.parameters(), 1e-4)
+        real, z = torch.rand(16, 1, 28, 28) * 2 - 1, torch.randn(16, 100)
+        loss_d, loss_g, _ = gan_step(g, d, opt_g, opt_d, real, z, torch.nn.BCEWithLogitsLoss(), autocast)
+        losses.append(torch.stack([loss_d, loss_g]).detach())
+    assert torch.isfinite(losses[1]).all()
+    assert torch.allclose(losses[0], losses[1], rtol=0.05), losses

@@ -53,6 +53,26 @@ def build_lock(path: str | os.PathLike):
         yield
 
 
+def native_bf16(device) -> bool:
+    """Does `device` run bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels;
+    elsewhere bf16 on a CPU is emulated and no faster than fp32)?"""
+    import torch
+
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+
+
+def bf16_autocast(device, enabled: bool = True):
+    """bf16 autocast of forwards where `device` runs bf16 natively (see native_bf16), else nothing.
+    Measured on this machine's 2 cores (AMD EPYC, AVX512-BF16; bench/bench_bf16.py): a GAN training step
+    x1.6, EfficientNet-Lite0/Lite2 features x2.3/x2.2, MiniLM x2.1; features' cosine to fp32 >= 0.9995."""
+    import torch
+
+    if enabled and native_bf16(device):
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def save_grid(images, path: Path, nrow: int = 8, captions: list[str] | None = None) -> None:
     """Images (N, C, H, W) in [-1, 1] -> one PNG grid, written atomically."""
     import torchvision.utils as vutils

@@ -57,7 +57,7 @@ class Config:
     val_images: int = 0  # validate on the first N validation images (0: all; chooses the epoch that is tested)
     test_images: int = 0  # evaluate on the first N test images (0: all)
     seed: int = 42  # split, init and shuffling
-    amp: bool = True  # mixed precision (bfloat16 autocast) on GPU; ignored on CPU
+    amp: bool = True  # bf16 autocast: training on GPU; frozen feature extraction on GPU or a CPU with native bf16
     data_dir: str = ""  # folder holding `dataset` ("" -> $ORCHESTRATOR_DATA_DIR)
     cache_dir: str = ""  # cached features ("" -> ~/.cache/orchestrator)
     prompts: tuple[str, ...] = PROMPTS  # top-9 test images saved for each

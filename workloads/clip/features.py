@@ -11,6 +11,7 @@ the seed, which is then part of the key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -23,7 +24,7 @@ from workloads.clip import images as images_mod
 from workloads.clip.config import Config
 from workloads.common import atomic_path, build_lock, cache_root
 
-VERSION = 3  # bump when extraction changes
+VERSION = 4  # bump when extraction changes
 
 
 def _path(kind: str, ident: dict) -> Path:
@@ -31,42 +32,48 @@ def _path(kind: str, ident: dict) -> Path:
     return cache_root(ident.get("cache_dir", "")) / "clip_features" / kind / f"{digest}.pt"
 
 
-def image_key(config: Config, split) -> dict:
+def image_key(config: Config, split, bf16: bool) -> dict:
     random_init = not config.pretrained
     return {"image_model": config.image_model, "image_weights": config.image_weights, "pretrained": config.pretrained,
             "image_size": config.image_size, "image_mean": config.image_mean, "image_std": config.image_std,
             "root": str(split.root), "images": split.images, "seed": config.seed if random_init else None,
-            "cache_dir": config.cache_dir}
+            "bf16": bf16, "cache_dir": config.cache_dir}
 
 
-def text_key(config: Config, split) -> dict:
+def text_key(config: Config, split, bf16: bool) -> dict:
     random_init = not config.pretrained or bool(config.text_layers or config.text_width)
     return {"text_model": config.text_model, "tokenizer": config.tokenizer, "pretrained": config.pretrained,
             "text_pooling": config.text_pooling, "text_layers": config.text_layers, "text_width": config.text_width,
             "max_length": config.max_length, "captions": hashlib.sha1("\n".join(split.captions).encode()).hexdigest(),
-            "seed": config.seed if random_init else None, "cache_dir": config.cache_dir}
+            "seed": config.seed if random_init else None, "bf16": bf16, "cache_dir": config.cache_dir}
 
 
 @torch.no_grad()
-def encode_images(model, images, normalise, batch: int = 64, say=None) -> torch.Tensor:
-    """Pooled features (N, D) of uint8 images (see images.py), normalised on the model's device."""
+def encode_images(model, images, normalise, batch: int = 64, say=None, autocast=contextlib.nullcontext()) -> torch.Tensor:
+    """Pooled features (N, D) of uint8 images (see images.py), normalised on the model's device;
+    the forwards under `autocast` (bf16 where native: common.bf16_autocast), the features fp32."""
     loader = DataLoader(images, batch_size=batch, collate_fn=images_mod.collate)
     out, started = [], time.perf_counter()
     for i, x in enumerate(loader):
-        out.append(model.image_features(normalise(x)).float().cpu())
+        with autocast:
+            f = model.image_features(normalise(x))
+        out.append(f.float().cpu())
         _progress(say, "images", (i + 1) * batch, len(images), started)
     return torch.cat(out)
 
 
 @torch.no_grad()
-def encode_texts(model, tokenize, texts: list[str], batch: int = 256, say=None) -> torch.Tensor:
+def encode_texts(model, tokenize, texts: list[str], batch: int = 256, say=None,
+                 autocast=contextlib.nullcontext()) -> torch.Tensor:
     """Pooled features (N, D) of captions; `tokenize(texts)` -> the model's inputs on its device.
     Batches of similar length (sorted by characters, then put back in order): a batch is padded to
     its longest caption, and random batches of Flickr8k captions padded ~2x more tokens than needed."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out, started = [], time.perf_counter()
     for i in range(0, len(texts), batch):
-        out.append(model.text_features(**tokenize([texts[j] for j in order[i:i + batch]])).float().cpu())
+        with autocast:
+            f = model.text_features(**tokenize([texts[j] for j in order[i:i + batch]]))
+        out.append(f.float().cpu())
         _progress(say, "captions", i + batch, len(texts), started)
     features = torch.cat(out) if out else torch.zeros(0)
     restored = torch.empty_like(features)

@@ -25,7 +25,7 @@ from workloads.clip import images as images_mod
 from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
 from workloads.clip.model import CLIP, clip_loss
-from workloads.common import atomic_path
+from workloads.common import atomic_path, bf16_autocast, native_bf16
 from workloads.runtime import RankRNG, gather_objects, maybe_fail, unwrap
 
 
@@ -79,20 +79,26 @@ def split_images(config: Config, split) -> images_mod.ArrayImages:
     return images_mod.ArrayImages(images_mod.image_array(split.root, split.images, config.image_size, config.cache_dir))
 
 
-def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, device, say=None) -> torch.Tensor:
-    return features.encode_texts(model, lambda t: tokenize(tokenizer, t, max_length, device), texts, say=say)
+def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, device, say=None,
+                 autocast=contextlib.nullcontext()) -> torch.Tensor:
+    return features.encode_texts(model, lambda t: tokenize(tokenizer, t, max_length, device), texts, say=say,
+                                 autocast=autocast)
 
 
 def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normalise, device, runtime) -> dict:
     """Frozen encoders: {split: (image features, caption features)}, from the per-encoder cache
     (rank 0 extracts what is missing; the other ranks read its files once it is done)."""
     say = getattr(runtime, "say", None)
+    bf16 = config.amp and native_bf16(device)  # ~2x faster extraction; part of the cache key
+    autocast = bf16_autocast(device, bf16)
 
     def load(split, compute: bool) -> tuple:
-        return (features.cached("image", features.image_key(config, split), compute and (
-                    lambda: features.encode_images(unwrap(model), split_images(config, split), normalise, say=say)), say),
-                features.cached("text", features.text_key(config, split), compute and (
-                    lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, say)), say))
+        return (features.cached("image", features.image_key(config, split, bf16), compute and (
+                    lambda: features.encode_images(unwrap(model), split_images(config, split), normalise, say=say,
+                                                   autocast=autocast)), say),
+                features.cached("text", features.text_key(config, split, bf16), compute and (
+                    lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, say,
+                                         autocast)), say))
 
     if runtime.is_rank_zero:
         unwrap(model).eval()

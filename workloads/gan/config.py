@@ -22,7 +22,7 @@ class Config:
     data_dir: str = ""  # folder holding FashionMNIST/ ("" -> $ORCHESTRATOR_DATA_DIR, else download)
     cache_dir: str = ""  # extracted data and the cached FID classifier ("" -> ~/.cache/orchestrator)
     channels_last: bool = False  # G, D and batches in NHWC (cuDNN's fast conv layout); measure before turning on
-    amp: bool = False  # bf16 autocast of the forwards on CUDA (losses stay fp32); ignored on CPU
+    amp: bool = False  # bf16 autocast of the forwards (losses stay fp32) on CUDA or a CPU with native bf16; else fp32
     compile: bool = False  # torch.compile G and D (worth it only for long runs: compiling takes minutes)
     log_every: int = 50  # steps between TensorBoard writes of the per-step losses (one GPU->host sync each)
     fail_at_epoch: int = 0  # test hook: rank 0 crashes once in the middle of this epoch (0: never)

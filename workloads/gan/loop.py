@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from workloads.common import save_grid
+from workloads.common import bf16_autocast, save_grid
 from workloads.gan import data, quality
 from workloads.gan.config import Config
 from workloads.gan.models import Discriminator, Generator, init_weights
@@ -105,8 +105,7 @@ def train_loop(config: Config, runtime) -> None:
     g, d = runtime.prepare_model(g), runtime.prepare_model(d)  # two DDP modules, synced separately
     if config.compile:
         g, d = torch.compile(g), torch.compile(d)
-    on_cuda = torch.device(device).type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and on_cuda else contextlib.nullcontext()
+    autocast = bf16_autocast(device, config.amp)  # CUDA, or a CPU with native bf16; else fp32
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     bce = nn.BCEWithLogitsLoss()
