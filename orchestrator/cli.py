@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import secrets
 import signal
@@ -18,14 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import interrupts
+from orchestrator import interrupts, ray_trackers
+from orchestrator import sweeps as sweep_grammar
 from orchestrator.experiments import EXPERIMENTS, PROFILES, studies
 from orchestrator.provenance import code_version
 from orchestrator.registry import WORKLOADS
-from orchestrator.results import FINISHED, ResultStore, StoreError
+from orchestrator.results import DONE, FINISHED, STOPPED, ResultStore, StoreError
 from orchestrator.runlock import LockHeld, RunLock
 from orchestrator.interrupts import INTERRUPTED
-from orchestrator.spec import Experiment, SpecError, split_overrides, trial_key
+from orchestrator.spec import SCHEDULERS, Experiment, SpecError, split_overrides, trial_key
 from workloads.common import CACHE_ENV, DATA_ENV
 
 DEBUG_ENV = "ORCHESTRATOR_DEBUG"  # "1": unexpected errors show their traceback instead of one line
@@ -51,8 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting: FIELD=VALUE for one study, STUDY.FIELD=VALUE under 'all'; "
                      "repeatable; see `list` for the fields")
     run.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="FIELD=V1,V2,...",
-                     help="a grid over config values, e.g. --sweep lr=1e-4,2e-4 (STUDY.FIELD under 'all'); repeatable: "
-                     "the product of every swept field; replaces the profile's own sweep")
+                     help="sweep a config field (STUDY.FIELD under 'all'); repeatable: a grid over the product of "
+                     "FIELD=V1,V2,... axes, times --samples draws of FIELD=loguniform(A,B) / uniform(A,B) / "
+                     "choice(A,B,...) axes; replaces the profile's own sweep")
+    run.add_argument("--samples", type=int, default=None, metavar="N",
+                     help="random search: N draws of the random --sweep axes per grid point (drawn once, seeded, "
+                     "before Ray starts: the same command resumes the same trials)")
+    run.add_argument("--sample-seed", type=int, default=0, metavar="S",
+                     help="seed of those draws (default 0); another S draws other trials")
+    run.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
+                     help="fifo: every trial runs to its end (default); asha: Tune's ASHA stops trials whose "
+                     "per-epoch metric (GAN: FID at the sample epochs; CLIP: val rsum) trails the others' at the "
+                     "same epoch: rows with status STOPPED, kept on resume")
+    run.add_argument("--tracker", dest="trackers", action="append", default=[], choices=ray_trackers.TRACKERS,
+                     help="also log every trial to an experiment tracker (repeatable): mlflow (params, per-epoch "
+                     "metrics, image artifacts; default store <results>/mlruns) or wandb (offline unless $WANDB_MODE "
+                     "says otherwise; `wandb sync` later); each needs its extra, e.g. pip install -e .[mlflow]")
+    run.add_argument("--tracking-uri", default=None, metavar="URI",
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a file store <results>/mlruns)")
     run.add_argument("--seeds", type=int, default=None, metavar="N",
                      help="run every configuration with N seeds (seed, seed+1, ...); `report` shows mean ± std over "
                      "them (default: the profile's; local CLIP: 3)")
@@ -152,8 +170,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None = None, sweeps: list[str] = (),
-            seeds: int | None = None, say=print) -> list[Experiment]:
-    """Names, --set, --sweep and --seeds -> validated experiments, in run order."""
+            seeds: int | None = None, say=print, samples: int | None = None, sample_seed: int = 0,
+            scheduler: str = "fifo") -> list[Experiment]:
+    """Names, --set, --sweep, --samples, --seeds and --scheduler -> validated experiments, in run order."""
     names = studies() if study == "all" else [study]
     if study != "all" and study not in EXPERIMENTS:
         raise SpecError(f"unknown study {study!r}; choose from {', '.join(studies())} or all")
@@ -169,15 +188,30 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
         if seeds is not None and (study != "all" or hasattr(exp.config, "seed")):  # under all: studies with a seed
             exp = dataclasses.replace(exp, seeds=seeds)
         before = len(exp.trial_configs()) // exp.seeds
-        exp = exp.with_sweep(swept[name])
+        randomised = any(sweep_grammar.is_random(raw) for raw in swept[name].values())
+        # under all, --samples applies to the studies with a random axis (checked below: at least one)
+        exp = exp.with_sweep(swept[name], samples if randomised or study != "all" else None, sample_seed)
         if swept[name]:
-            say(f"[{name}] --sweep {' x '.join(swept[name])}: {len(exp.trial_configs()) // exp.seeds} configurations "
-                f"(replacing the {profile} profile's {before}){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}")
+            draws = f", {samples} draws" if randomised else ""
+            say(f"[{name}] --sweep {' x '.join(f'{k}={v}' for k, v in swept[name].items())}{draws}: "
+                f"{len(exp.trial_configs()) // exp.seeds} configurations (replacing the {profile} profile's {before})"
+                f"{f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}")
+        if scheduler != "fifo":
+            if WORKLOADS[name].early_stop is None:
+                if study != "all":
+                    raise SpecError(f"{name}: --scheduler {scheduler}: {name} reports once per trial, at its end: "
+                                    "nothing to stop early")
+                say(f"[{name}] --scheduler {scheduler}: {name} reports once per trial: every trial runs to its end")
+            else:
+                exp = dataclasses.replace(exp, scheduler=scheduler)
         keys = [trial_key(c) for c in exp.trial_configs()]
         if len(set(keys)) < len(keys):
             raise SpecError(f"{name}: {len(keys) - len(set(keys))} trials repeat others (e.g. --sweep seed=... with "
                             "--seeds N > 1 gives overlapping seeds): sweep seeds with --seeds alone")
         out.append(dataclasses.replace(exp, config=_absolute_dirs(exp.config)))
+    if samples is not None and not any(sweep_grammar.is_random(raw) for axes in swept.values() for raw in axes.values()):
+        raise SpecError(f"--samples {samples} needs a random --sweep axis (FIELD=loguniform(A,B), uniform(A,B) or "
+                        "choice(...))")
     return out
 
 
@@ -223,7 +257,8 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator.ray_backend import CLIENT_REFUSED
 
         raise SpecError(CLIENT_REFUSED)
-    experiments = resolve(args.study, args.profile, args.overrides, args.data_dir, args.sweeps, args.seeds)
+    experiments = resolve(args.study, args.profile, args.overrides, args.data_dir, args.sweeps, args.seeds,
+                          samples=args.samples, sample_seed=args.sample_seed, scheduler=args.scheduler)
     store = ResultStore(args.results)
     store.open_for_writing()
     # UTC: run ids order runs in time (report and resume pick the latest), whatever host started them
@@ -251,6 +286,10 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
         preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here
+        try:
+            ray_trackers.check_installed(args.trackers)
+        except ImportError as exc:
+            raise SpecError(str(exc)) from None
 
     def record_spec() -> None:  # only once the run can go ahead: `report` shows the latest spec's trials
         for exp in experiments:
@@ -277,8 +316,9 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
         for exp in experiments:
             started = time.perf_counter()
             trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done[exp.study],
-                                                fresh=args.fresh, storage=args.storage, joined=session.joined)
-            failed += int((trials["status"] != FINISHED).sum()) if len(trials) else 0
+                                                fresh=args.fresh, storage=args.storage, joined=session.joined,
+                                                trackers=args.trackers, tracking_uri=args.tracking_uri)
+            failed += int((~trials["status"].isin(DONE)).sum()) if len(trials) else 0
             summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:
         ray_backend.stop(session)
@@ -293,9 +333,11 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
 def _spec_frame(exp: Experiment, keys: list[str], done: pd.DataFrame, run_id: str, profile: str) -> pd.DataFrame:
     """One row per trial of this run's spec (the `runs` table)."""
     kept = set(done["trial_key"]) if len(done) else set()
+    # params: what the sweep set for each trial (random draws included), as JSON: the record of the draws
+    params = [json.dumps(o, default=str, sort_keys=True) for o, _ in exp.trial_points()]
     return pd.DataFrame({"run_id": run_id, "study": exp.study, "profile": profile, "trial_index": range(len(keys)),
-                         "trial_key": keys, "kept": [k in kept for k in keys], "code_version": code_version(),
-                         "started_at": time.time()})
+                         "trial_key": keys, "trial_name": exp.trial_names(), "params": params, "scheduler": exp.scheduler,
+                         "kept": [k in kept for k in keys], "code_version": code_version(), "started_at": time.time()})
 
 
 def _say_other_versions(study: str, done: pd.DataFrame) -> None:
@@ -316,7 +358,9 @@ def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
         return exp.study, f"no results ({seconds:.0f} s)"
     ok = trials[trials["status"] == FINISHED]
     best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
-    return exp.study, (f"{len(ok)}/{len(trials)} rows ok   best {workload.metric} ({workload.mode}) = {best:.4g}"
+    stopped = int((trials["status"] == STOPPED).sum())
+    early = f" ({stopped} stopped early by {exp.scheduler})" if stopped else ""
+    return exp.study, (f"{len(ok)}/{len(trials)} rows ok{early}   best {workload.metric} ({workload.mode}) = {best:.4g}"
                        f"   {seconds:.0f} s")
 
 

@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from orchestrator import ray_cluster, ray_workers
+from orchestrator import ray_cluster, ray_trackers, ray_workers, schemas
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
-from orchestrator.results import FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
+from orchestrator.results import ABORTED, FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
 from orchestrator.spec import Experiment, Scaling, trial_key
 from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
@@ -225,14 +225,14 @@ def _collector_classes():
         def on_trial_result(self, iteration, trials, trial, result, **info):
             _progress(self.key)
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
-            self._guard(self.on_result, trial.config["trial"], metrics, result.get(TABLE_KEY, "steps"), result,
+            self._guard(self.on_result, trial.config["trial"]["index"], metrics, result.get(TABLE_KEY, "steps"), result,
                         trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._guard(self.on_end, trial.config["trial"], trial.trial_id, FINISHED, None)
+            self._guard(self.on_end, trial.config["trial"]["index"], trial.trial_id, FINISHED, None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._guard(self.on_end, trial.config["trial"], trial.trial_id, "ERROR", _trial_error(trial))
+            self._guard(self.on_end, trial.config["trial"]["index"], trial.trial_id, "ERROR", _trial_error(trial))
 
     class StopOnFailure(tune.stopper.Stopper):
         """Stops every trial once the collector failed. Holds only a key into _FAILED: Tune pickles
@@ -248,6 +248,32 @@ def _collector_classes():
             return self.key in _FAILED
 
     return Collector, StopOnFailure
+
+
+def _scheduler(exp: Experiment, workload: Workload, configs: list):
+    """Tune's trial scheduler for `exp.scheduler` (None: FIFO, every trial to its end).
+
+    asha: asynchronous successive halving on the metric the trials report during training, at rungs
+    of the step key (epochs 1, 2, 4, ...: grace period 1, reduction factor 2, up to the longest
+    trial's epochs): a trial reaching a rung below the rung's top half so far is stopped. Where the
+    metric comes only at some epochs (GAN: FID at sample epochs), a rung is judged at the next one.
+    A trial at its last epoch is never stopped (ASHA stops trials that reach max_t, which would cut
+    the final report, with the test evaluation, of every trial that ran to its end)."""
+    if exp.scheduler == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    metric, mode = workload.early_stop
+    max_t = max(int(getattr(c, "epochs", 1)) for c in configs)
+    step_key = workload.step_key
+
+    class ASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            if result.get(TABLE_KEY, "steps") != "steps" or result.get(step_key, 0) >= max_t:
+                return TrialScheduler.CONTINUE  # the final reports, and the last epoch: let the trial end
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return ASHA(time_attr=step_key, metric=metric, mode=mode, max_t=max_t, grace_period=1, reduction_factor=2)
 
 
 def _progress(key: str) -> None:
@@ -284,6 +310,7 @@ def _trial_error(trial) -> str:
 class _TrialRows:
     tables: dict[str, list[pd.DataFrame]] = dataclasses.field(default_factory=dict)  # table -> reports
     wall_time_s: float = float("nan")
+    last_step: dict = dataclasses.field(default_factory=dict)  # the latest per-step metrics (a stopped trial's row)
 
     def frame(self, table: str) -> pd.DataFrame | None:
         frames = [f for f in self.tables.get(table, []) if len(f.columns)]
@@ -300,6 +327,8 @@ def run_experiment(
     storage: str | None = None,
     progress: Callable[[str], None] | None = None,
     joined: bool = False,
+    trackers: list[str] = (),
+    tracking_uri: str | None = None,
 ) -> pd.DataFrame:
     """Run every trial of `exp` except those in `done_before` (the caller's store.finished rows; none
     with `fresh`); write rows as they arrive; return this run's trial rows and the kept ones."""
@@ -313,11 +342,16 @@ def run_experiment(
     # Ctrl-C raises KeyboardInterrupt at once (the CLI stops Ray and exits 130) instead of Tune's
     # graceful stop, after which fit() returns as if done and the next study would start
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # a scheduler's metric (e.g. ASHA's val_rsum) is in the per-epoch reports only, not in the final ones
+    # (the trial's row, CLIP's prompts): Tune would fail the trial on those
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    all_configs = exp.trial_configs()
+    all_configs, all_names = exp.trial_configs(), exp.trial_names()
     done_before = pd.DataFrame() if done_before is None or fresh else done_before
     skip = set(done_before["trial_key"]) if len(done_before) else set()
+    names = [n for n, c in zip(all_names, all_configs) if trial_key(c) not in skip]
+    params = [o for (o, c) in exp.trial_points() if trial_key(c) not in skip]
     configs = [c for c in all_configs if trial_key(c) not in skip]
     if skip:
         progress(f"[{exp.study}] {len(all_configs) - len(configs)}/{len(all_configs)} trials already finished: "
@@ -333,11 +367,14 @@ def run_experiment(
 
     version = code_version()
 
+    def schema(table: str):  # every part of a table gets its whole schema (schemas.py)
+        return schemas.table_schema(table, workload.columns.get(table, {}), configs[0], workload.row_exclude)
+
     def ids(index: int, trial_id: str) -> dict:
         # attempt: the name of the trial's files (its key; key-run_id under --fresh): the steps of a
         # trial row are the steps of its attempt, across the runs that resumed it
         return {"run_id": run_id, "study": exp.study, "trial_id": trial_id, "trial_key": keys[index],
-                "attempt": bases[index], "code_version": version}
+                "trial_name": names[index], "attempt": bases[index], "code_version": version}
 
     def on_result(index: int, metrics: dict, table: str, result: dict, trial_id: str) -> None:
         frame = report_frame(metrics)
@@ -348,33 +385,42 @@ def run_experiment(
             step = int(frame[workload.step_key].iloc[0])
             if result.get(REPLAY_KEY) and store.exists(exp.study, "steps", f"{bases[index]}-{step:06d}"):
                 return
-            store.write(exp.study, "steps", f"{bases[index]}-{step:06d}", frame.assign(**ids(index, trial_id)))
+            store.write(exp.study, "steps", f"{bases[index]}-{step:06d}", frame.assign(**ids(index, trial_id)),
+                        schema("steps"))
+            rows[index].last_step = frame.iloc[0].to_dict()
             shown = {k: frame[k].iloc[0] for k in (workload.metric, "loss", "loss_d", "loss_g") if k in frame}
-            progress(f"[{exp.study}] {trial_id} {workload.step_key} {step}: "
+            progress(f"[{exp.study}] {names[index]} {workload.step_key} {step}: "
                      + "  ".join(f"{k}={v:.4g}" for k, v in shown.items() if v == v))
             return
         rows[index].tables.setdefault(table, []).append(frame)
 
     def on_end(index: int, trial_id: str, status: str, error: str | None) -> None:
         got = rows.pop(index, None) or _TrialRows()
-        if status == FINISHED and "trials" not in got.tables:  # stopped by us, before its final report
-            status, error = STOPPED, error or "stopped before its final report (the run was stopped)"
+        if status == FINISHED and "trials" not in got.tables:  # ended before its final report:
+            if collector.key in _FAILED:  # ...stopped by us (a table write failed, nodes never came)
+                status, error = ABORTED, error or "stopped before its final report (the run was stopped)"
+            else:  # ...or by the scheduler: its last per-step metrics are its result
+                step = got.last_step.get(workload.step_key, "?")
+                status, error = STOPPED, f"stopped early by {exp.scheduler} after {workload.step_key} {step}"
+                got.tables["trials"] = [pd.DataFrame([{k: v for k, v in got.last_step.items()
+                                                       if k not in (workload.step_key, TABLE_KEY)}])]
         cfg = config_columns(dataclasses.asdict(configs[index]), workload.row_exclude)
         for table in sorted(set(got.tables) - {"trials"}):  # steps and any extra tables, before the trial row
             frame = got.frame(table)
             if frame is not None:
-                store.write(exp.study, table, bases[index], frame.assign(**ids(index, trial_id)))
+                store.write(exp.study, table, bases[index], frame.assign(**ids(index, trial_id)), schema(table))
         trials = got.frame("trials")
         trials = pd.DataFrame([{}]) if trials is None else trials
         for column, value in cfg.items():
             if column not in trials.columns:
                 trials[column] = value
         trials = trials.assign(**ids(index, trial_id), status=status, error=error, wall_time_s=got.wall_time_s)
-        store.write(exp.study, "trials", bases[index], trials)
+        store.write(exp.study, "trials", bases[index], trials, schema("trials"))
         written.append(trials)
         done = len(configs) - len(rows)
         tail = f"  error: {error}" if error else ""
-        progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()} ({trial_id}, {len(trials)} rows){tail}")
+        progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()}: {names[index]} ({trial_id}, "
+                 f"{len(trials)} rows){tail}")
 
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
@@ -407,16 +453,23 @@ def run_experiment(
     _WATCHERS[collector.key] = watcher  # by key: Tune pickles its callbacks, and a watcher holds a thread
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(list(range(len(configs))))},
+        # each trial's real values (what its sweep set, e.g. {"lr": 0.0002}) with its index into `configs`:
+        # Tune's trial configs, results and dashboard show them; the trial applies them (ray_workers.trial_config)
+        param_space={"trial": tune.grid_search([{"index": i, **o} for i, o in enumerate(params)])},
         tune_config=tune.TuneConfig(
             reuse_actors=not distributed,
             max_concurrent_trials=concurrent,
+            scheduler=_scheduler(exp, workload, configs),
             trial_dirname_creator=lambda trial: trial.trial_id,
+            trial_name_creator=lambda trial: names[trial.config["trial"]["index"]],  # e.g. gan-lr=0.0002,beta1=0.5
         ),
         run_config=tune.RunConfig(
             name=f"{exp.study}-{run_id}",
             storage_path=storage,
-            callbacks=[collector],
+            callbacks=[collector, *ray_trackers.callbacks(
+                list(trackers), exp.study, run_id, store.root, artifact_dirs=artifact_dirs, names=names,
+                params=[{**config_columns(dataclasses.asdict(c), workload.row_exclude), "trial_name": n, "trial_key": k}
+                        for c, n, k in zip(configs, names, keys)], tracking_uri=tracking_uri)],
             stop=stopper,
             verbose=0,
         ),

@@ -8,11 +8,13 @@ deprecated). Together with ray_backend.py, the only code that imports ray.tune /
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from orchestrator.provenance import package_version
 from orchestrator.spec import Scaling
@@ -184,13 +186,24 @@ class _TrainRuntime:
         return ray.train.torch.prepare_data_loader(loader, move_to_device=not self.cpu_fallback)
 
 
+def trial_config(params: dict, configs: list) -> tuple[int, Any]:
+    """(index, config) of a Tune trial: its config with the values Tune holds for it applied (the same as
+    the sweep's unless a scheduler changed them); lists back to the tuples the config declares."""
+    values = dict(params["trial"])
+    index = values.pop("index")
+    base = configs[index]
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    changes = {k: v for k, v in changes.items() if getattr(base, k) != v}
+    return index, dataclasses.replace(base, **changes) if changes else base
+
+
 def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list, use_gpu: bool = False,
                    allow_cpu_fallback: bool = False) -> None:
     import importlib
 
-    index = params["trial"]
+    index, config = trial_config(params, configs)
     runtime = _TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback)
-    importlib.import_module(module).train_loop(configs[index], runtime)
+    importlib.import_module(module).train_loop(config, runtime)
 
 
 def train_worker(params: dict) -> None:
@@ -253,13 +266,13 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    index = params["trial"]
+    index, config = trial_config(params, configs)
     cpu_fallback = (check_gpu_nodes(allow_cpu_fallback, scaling.max_wait_s, scaling.cpus_per_worker, scaling.gpus_per_worker)
                     if scaling.use_gpu else False)
     trainer = TorchTrainer(
         train_worker,
         torch_config=TorchConfig(backend="gloo") if cpu_fallback else None,  # None: nccl with GPUs, else gloo
-        train_loop_config={"module": module, "config": configs[index], "artifact_dir": artifact_dirs[index],
+        train_loop_config={"module": module, "config": config, "artifact_dir": artifact_dirs[index],
                            "cpu_fallback": cpu_fallback, "sync_bn": scaling.sync_bn},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,

@@ -6,7 +6,7 @@ Lazy import keeps `--help` and `list` free of torch/timm import costs; nothing i
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 
@@ -20,6 +20,12 @@ class Workload:
     row_exclude: tuple[str, ...] = ()  # config fields left out of table rows (the loop reports them per row)
     step_key: str | None = None  # a steps-table column unique per step (a retried epoch is kept once)
     preflight: str | None = None  # "module:function" run on each trial config before Ray starts (data checks)
+    # (metric, mode) a trial reports during training (per `step_key`), for early stopping (--scheduler asha);
+    # None: the study reports once per trial and cannot stop trials early
+    early_stop: tuple[str, str] | None = None
+    # what the workload reports, per table: {table: {column: int|float|str|bool}} (schemas.py gives every
+    # part of a table these columns, null where absent; the orchestrator adds ids and config fields)
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def runs_distributed(self, config) -> bool:
         """Is a trial of this config a Ray Train run (else a plain Tune function trial)?"""
@@ -35,18 +41,51 @@ class Workload:
             getattr(importlib.import_module(module), function)(config)
 
 
+def _floats(*names: str) -> dict[str, str]:
+    return {name: "float" for name in names}
+
+
+_RETRIEVAL = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("r1", "r5", "r10", "median_rank", "mean_rank")]
+_GAN_STEPS = {"epoch": "int", **_floats("loss_d", "loss_g", "d_x", "d_g_z", "images_per_s", "epoch_time_s",
+                                        "wall_time_s", "fid", "class_coverage", "class_entropy")}
+_CLIP_STEPS = {"epoch": "int", **_floats("loss", "images_per_s", "epoch_time_s", "wall_time_s", "temperature",
+                                         *[f"val_{m}" for m in _RETRIEVAL], "val_rsum")}
+
 WORKLOADS: dict[str, Workload] = {
     "minimax": Workload(
         "workloads.minimax", metric="final_distance", mode="min", distributed=False,
         row_exclude=("algorithms", "lrs"),  # every row has its own `algorithm` and `lr`
+        columns={
+            "trials": {"algorithm": "str", **_floats("lr", "final_x", "final_y", "final_distance", "initial_distance",
+                                                     "rate"),
+                       "converged": "bool", "diverged": "bool", "stopped_at": "int",
+                       **_floats("spectral_radius", "saddle_x", "saddle_y")},
+            "steps": {"algorithm": "str", "step": "int", **_floats("lr", "x", "y", "distance")},
+        },
     ),
     "gan": Workload(
         "workloads.gan.loop", metric="fid", mode="min", distributed=True, step_key="epoch",
         preflight="workloads.gan.loop:preflight",
+        early_stop=("fid", "min"),  # at the sample epochs (sample_epochs, and the last)
+        columns={
+            "steps": _GAN_STEPS,
+            "trials": {**_GAN_STEPS, "train_time_s": "float", "resumed_from_epoch": "int", "epochs_done": "int",
+                       "generator_path": "str", "classifier_accuracy": "float", "classifier_digest": "str",
+                       "world_size": "int", "generator_params": "int", "discriminator_params": "int"},
+        },
     ),
     "clip": Workload(
         "workloads.clip.loop", metric="t2i_r10", mode="max", distributed=True, step_key="epoch",
         row_exclude=("prompts",), preflight="workloads.clip.loop:preflight",
+        early_stop=("val_rsum", "max"),  # per epoch on the validation split (never the test split)
+        columns={
+            "steps": _CLIP_STEPS,
+            "trials": {**_CLIP_STEPS, **_floats(*_RETRIEVAL), "image_params": "int", "text_params": "int",
+                       "head_params": "int", "pair": "str", "train_time_s": "float", "world_size": "int",
+                       "resumed_from_epoch": "int", "train_images": "int", "val_images": "int", "test_images": "int",
+                       "selected_epoch": "int", "selected_on": "str", "embeddings_path": "str"},
+            "prompts": {"pair": "str", "prompt": "str", "rank": "int", "image": "str", "score": "float", "grid": "str"},
+        },
         # frozen encoders: only the heads train, in seconds on cached features; a TorchTrainer would
         # add ~15 s of start-up per trial (and DDP nothing)
         single_process_when="frozen",

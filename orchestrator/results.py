@@ -20,13 +20,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator import schemas
 from workloads.common import TMP_MARK, atomic_path
 
 FORMAT_VERSION = 2  # bump when the table layout changes incompatibly (2: trial keys without local paths)
 MARKER = "orchestrator-results.json"
 TABLES = ("trials", "steps")
 FINISHED = "TERMINATED"  # the status of a trial that ran to its end
-STOPPED = "STOPPED"  # ended before its final report (the run was stopped): resume runs it again
+STOPPED = "STOPPED"  # stopped early by the scheduler (ASHA): a result, kept on resume like a finished one
+ABORTED = "ABORTED"  # ended before its final report (the run was stopped): resume runs it again
+DONE = (FINISHED, STOPPED)  # statuses resume keeps
 
 
 class StoreError(RuntimeError):
@@ -95,15 +98,17 @@ class ResultStore:
     def table_dir(self, study: str, table: str) -> Path:
         return self.root / study / f"{table}.parquet"
 
-    def write(self, study: str, table: str, name: str, frame: pd.DataFrame) -> Path:
-        """Write one part file atomically; returns its path."""
+    def write(self, study: str, table: str, name: str, frame: pd.DataFrame, schema: pa.Schema | None = None) -> Path:
+        """Write one part file atomically, with the table's whole `schema` when given (schemas.py);
+        returns its path."""
         directory = self.table_dir(study, table)
         path = directory / f"{name}.parquet"
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
-        arrow = pa.Table.from_pandas(_sanitize(frame), preserve_index=False)
+        frame = _sanitize(frame)
+        arrow = schemas.conform(frame, schema) if schema is not None else pa.Table.from_pandas(frame, preserve_index=False)
         try:
             with atomic_path(path) as tmp:
                 pq.write_table(arrow, tmp)
@@ -143,7 +148,7 @@ class ResultStore:
 
     def write_spec(self, study: str, run_id: str, frame: pd.DataFrame) -> None:
         """The trials this run's spec asks for (the `runs` table): what `report` calls current."""
-        self.write(study, "runs", run_id, frame)
+        self.write(study, "runs", run_id, frame, schemas.table_schema("runs", {}))
 
     def sweep_temporaries(self) -> int:
         """Remove temporary files that killed writers left behind (hidden, so no reader ever saw
@@ -160,10 +165,10 @@ class ResultStore:
 
 
 def latest_finished(table: pd.DataFrame, keys) -> pd.DataFrame:
-    """Rows of finished trials among `keys`, each trial's from its latest finished run."""
+    """Rows of finished (or early-stopped) trials among `keys`, each trial's from its latest such run."""
     if table.empty or "trial_key" not in table:
         return pd.DataFrame()
-    done = table[table["trial_key"].isin(list(keys)) & (table["status"] == FINISHED)]
+    done = table[table["trial_key"].isin(list(keys)) & table["status"].isin(DONE)]
     latest = done.groupby("trial_key")["run_id"].transform("max")
     return done[done["run_id"] == latest].reset_index(drop=True)
 

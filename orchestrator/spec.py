@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from orchestrator import sweeps
 
 
 # Fields that say where things are on this machine, not what the trial computes: moving the data
@@ -28,6 +29,9 @@ def trial_key(config: Any) -> str:
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in LOCAL_FIELDS}
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+SCHEDULERS = ("fifo", "asha")
 
 
 class SpecError(ValueError):
@@ -74,44 +78,61 @@ class Experiment:
     # config -> one dict of config overrides per trial (the Tune grid); default: a single trial
     sweep: Callable[[Any], list[dict]] | None = None
     seeds: int = 1  # each configuration of the sweep runs with seeds seed, seed+1, ... (the config's `seed`)
+    scheduler: str = "fifo"  # Tune's trial scheduler: fifo (every trial to its end) or asha (early stopping)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise SpecError(f"{self.study}: --seeds must be >= 1, got {self.seeds}")
+        if self.scheduler not in SCHEDULERS:
+            raise SpecError(f"{self.study}: --scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
         if self.seeds > 1 and not hasattr(self.config, "seed"):
             raise SpecError(f"{self.study}: --seeds {self.seeds}: this study has no random seed (it is deterministic)")
 
-    def trial_configs(self) -> list[Any]:
-        """The config of every trial, in a stable order: seed-major (every configuration with the first
-        seed, then with the next), so that trials running at once share as little as possible (e.g. CLIP
-        pairs extracting their encoders' features side by side, not waiting on one another's)."""
+    def trial_points(self) -> list[tuple[dict, Any]]:
+        """(the sweep's overrides, config) of every trial, in a stable order: seed-major (every
+        configuration with the first seed, then with the next), so that trials running at once share as
+        little as possible (e.g. CLIP pairs extracting their encoders' features side by side, not
+        waiting on one another's)."""
         overrides = self.sweep(self.config) if self.sweep else [{}]
-        configs = [dataclasses.replace(self.config, **o) for o in overrides]
+        points = [(o, dataclasses.replace(self.config, **o)) for o in overrides]
         if self.seeds == 1:
-            return configs
-        return [dataclasses.replace(c, seed=c.seed + s) for s in range(self.seeds) for c in configs]
+            return points
+        return [(o, dataclasses.replace(c, seed=c.seed + s)) for s in range(self.seeds) for o, c in points]
 
-    def with_sweep(self, axes: dict[str, str]) -> "Experiment":
-        """`--sweep FIELD=V1,V2,...` per field -> a grid over their product, replacing the profile's
-        sweep. Values are parsed and every trial's config validated here, before Ray starts."""
+    def trial_configs(self) -> list[Any]:
+        return [config for _, config in self.trial_points()]
+
+    def trial_names(self) -> list[str]:
+        """Readable names, e.g. `gan-lr=0.0002,beta1=0.5` (`,seed=43` with several seeds)."""
+        return [sweeps.trial_name(self.study, o, c.seed if self.seeds > 1 else None) for o, c in self.trial_points()]
+
+    def with_sweep(self, axes: dict[str, str], samples: int | None = None, sample_seed: int = 0) -> "Experiment":
+        """`--sweep` axes (grids and random ones, see sweeps.py) -> the trials, replacing the profile's
+        sweep. Values are parsed and random ones drawn here, and every trial's config validated, before
+        Ray starts."""
         if not axes:
+            if samples is not None:
+                raise SpecError(f"{self.study}: --samples {samples} needs a random --sweep axis")
             return self
-        cfg_fields = {f.name: f for f in dataclasses.fields(self.config)}
-        values = {}
+        hints = typing.get_type_hints(type(self.config))
+        parsed = []
         for name, raw in axes.items():
-            if name not in cfg_fields:
+            if name not in hints:
                 scaling = " (a scaling setting: use --set)" if name in {f.name for f in dataclasses.fields(Scaling)} else ""
                 raise SpecError(f"{self.study}: --sweep {name}: unknown config field{scaling}; known: "
-                                f"{', '.join(sorted(cfg_fields))}")
-            if typing.get_origin(typing.get_type_hints(type(self.config))[name]) is tuple:
-                raise SpecError(f"{self.study}: --sweep {name}: a list-valued setting cannot be swept (set it with --set)")
-            parts = [part.strip() for part in raw.split(",") if part.strip()]
-            if not parts:
-                raise SpecError(f"{self.study}: --sweep {name}={raw!r}: expected FIELD=V1,V2,...")
-            values[name] = list(dict.fromkeys(parse_value(type(self.config), name, part) for part in parts))
-        names = list(values)
-        grid = [dict(zip(names, combo)) for combo in itertools.product(*values.values())]
-        swept = dataclasses.replace(self, sweep=lambda config: grid)
+                                f"{', '.join(sorted(hints))}")
+            try:
+                parsed.append(sweeps.parse_axis(name, raw, hints[name],
+                                                lambda value, name=name: parse_value(type(self.config), name, value)))
+            except sweeps.SweepError as exc:
+                raise SpecError(f"{self.study}: {exc}") from None
+            except SpecError as exc:  # a value of the wrong type
+                raise SpecError(f"{self.study}: --sweep {exc}") from None
+        try:
+            points = sweeps.expand(self.study, parsed, samples, sample_seed)
+        except sweeps.SweepError as exc:
+            raise SpecError(str(exc)) from None
+        swept = dataclasses.replace(self, sweep=lambda config: points)
         try:
             swept.trial_configs()
         except (ValueError, TypeError) as exc:

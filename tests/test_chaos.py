@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.runlock import is_locked
 from tests.chaos import KINDS, compare_tables, report_numbers, run_with_chaos
+from tests.tables import assert_every_table_reads_in_duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ALL = ["--set", "minimax.num_lrs=300", "--set", "minimax.steps=300",
@@ -41,6 +42,7 @@ def test_run_all_survives_every_kind_of_interruption(data_dir, gan_cache, tmp_pa
     reference, chaotic = tmp_path / "reference", tmp_path / "chaos"
     done = subprocess.run(run_all(reference, data_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert assert_every_table_reads_in_duckdb(reference) == 3 + 3 + 4  # runs/trials/steps (+ clip's prompts)
 
     log = run_with_chaos(run_all(chaotic, data_dir), env, ROOT, interruptions=len(KINDS), seed=7,
                          log_dir=tmp_path / "logs", delay_s=(4.0, 18.0))

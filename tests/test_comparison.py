@@ -96,3 +96,15 @@ def test_report_compares_the_pairs_over_seeds(frozen_run, capsys):
     table = comparison(trials)
     assert list(table["seeds"]) == [2, 2]
     assert any(line.startswith("  ranking:") for line in conclusion(trials))
+
+
+def test_clip_trials_log_loss_and_val_recall_to_tensorboard(frozen_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results, _ = frozen_run
+    trials = pd.read_parquet(results / "clip" / "trials.parquet")
+    for attempt, selected in zip(trials["attempt"], trials["selected_epoch"]):
+        events = EventAccumulator(str(results / "clip" / "artifacts" / attempt / "tensorboard")).Reload()
+        assert [e.step for e in events.Scalars("Val/rsum")] == [1, 2, 3]  # every epoch
+        assert [e.step for e in events.Scalars("Loss/train")] == [1, 2, 3]
+        assert [e.step for e in events.Scalars("Test/t2i_r10")] == [selected]  # once, at the chosen epoch

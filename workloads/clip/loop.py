@@ -198,6 +198,12 @@ def train_loop(config: Config, runtime) -> None:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and torch.device(device).type == "cuda"
                 else contextlib.nullcontext())
     started, last = time.perf_counter(), {}
+    writer = None
+    if runtime.is_rank_zero:  # loss, temperature and val recall per epoch; after a resume, a failed attempt's
+        from torch.utils.tensorboard import SummaryWriter  # events past the checkpoint are dropped
+
+        writer = SummaryWriter(str(Path(runtime.artifact_dir) / "tensorboard"),
+                               purge_step=start_epoch if start_epoch > 1 else None)
     for epoch in range(start_epoch, config.epochs + 1):
         pairs.epoch = epoch  # a different caption per image each epoch
         if hasattr(loader.sampler, "set_epoch"):
@@ -232,6 +238,11 @@ def train_loop(config: Config, runtime) -> None:
                     best = {"epoch": epoch, "score": metrics["val_rsum"], "model": trainable(), "metrics": dict(metrics)}
             checkpoint = {"model": trainable(), "optimizer": opt.state_dict(), "epoch": epoch, "rng_by_rank": rng_by_rank,
                           "best": best}
+            for tag, key in (("Loss/train", "loss"), ("Temperature", "temperature"), ("Val/t2i_r10", "val_t2i_r10"),
+                             ("Val/i2t_r10", "val_i2t_r10"), ("Val/rsum", "val_rsum")):
+                if key in metrics:
+                    writer.add_scalar(tag, metrics[key], epoch)
+            writer.flush()
         runtime.report(metrics, checkpoint=checkpoint)
         last = metrics
 
@@ -252,6 +263,9 @@ def train_loop(config: Config, runtime) -> None:
         out = Path(runtime.artifact_dir)
         final["embeddings_path"] = str(save_embeddings(out / "test_embeddings.npz", embeddings, test))
         rows = write_prompts(model, tokenizer, config, test, embeddings["image"], prompt_features, device, out)
+        for key in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"):  # once, at the chosen epoch
+            writer.add_scalar(f"Test/{key}", retrieval[key], selected)
+        writer.close()
         runtime.report(rows, table="prompts")
     else:
         runtime.report({}, table="prompts")

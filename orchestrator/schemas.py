@@ -1,0 +1,85 @@
+"""Every table's whole schema, so that every part one version writes has the same columns and types.
+
+A table is a directory of Parquet parts (one per trial, or per trial and epoch). Parts used to carry
+only the columns their rows had (no `fid` at GAN epochs without samples, `error` typed null when
+no trial failed), which pandas merges but DuckDB, Polars and Spark refuse ("schema mismatch in
+glob"). Now each part is cast to its table's schema: the run's ids, the columns the workload
+reports (registry.Workload.columns), what the workers add, the config fields with their declared
+types; null where a value is absent. A column nobody declared is kept, after the declared ones, so a
+result is never dropped (tests/test_results.py reads every table of real runs with DuckDB, which
+fails on such a column).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.large_string(), "bool": pa.bool_()}
+
+IDS = {"run_id": "str", "study": "str", "trial_id": "str", "trial_key": "str", "trial_name": "str",
+       "attempt": "str", "code_version": "str", "node_id": "str"}  # every table (ray_backend.ids)
+WORKER = {"ray_version": "str", "torch_version": "str", "device": "str", "device_name": "str",
+          "device_count": "int", "sync_bn": "bool", "cpu_fallback": "bool"}  # ray_workers: what ran the trial
+TRIAL = {"status": "str", "error": "str", "wall_time_s": "float"}  # ray_backend: how the trial ended
+RUNS = {"run_id": "str", "study": "str", "profile": "str", "trial_index": "int", "trial_key": "str",
+        "trial_name": "str", "params": "str", "scheduler": "str", "kept": "bool", "code_version": "str",
+        "started_at": "float"}  # cli._spec_frame
+
+
+def config_types(config: Any, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """A config's fields as columns (results.config_columns: tuples become comma-joined strings)."""
+    hints = typing.get_type_hints(type(config))
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.name in exclude:
+            continue
+        hint = hints[f.name]
+        out[f.name] = {bool: "bool", int: "int", float: "float"}.get(hint, "str")
+    return out
+
+
+def table_schema(table: str, reported: dict[str, str], config: Any = None, exclude: tuple[str, ...] = ()) -> pa.Schema:
+    """The schema of one table: what the workload reports for it, then ids, worker and trial columns
+    (the trials table), config fields (trials)."""
+    if table == "runs":
+        return _schema(RUNS)
+    columns = dict(reported)
+    if table == "trials":
+        columns.update(WORKER)
+        if config is not None:
+            columns.update(config_types(config, exclude))
+        columns.update(TRIAL)
+    columns.update(IDS)
+    return _schema(columns)
+
+
+def _schema(columns: dict[str, str]) -> pa.Schema:
+    return pa.schema([pa.field(name, TYPES[kind]) for name, kind in columns.items()])
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """`frame` as an Arrow table of `schema` (absent columns null, values cast to the declared types),
+    with any undeclared column kept after them, as pyarrow infers it."""
+    n = len(frame)
+    arrays, fields = [], []
+    for field in schema:
+        if field.name in frame:
+            values = frame[field.name]
+            if pa.types.is_integer(field.type) and values.isna().any():
+                values = values.astype("Int64")  # an int column with a gap: nullable, not float
+            arrays.append(pa.array(values.tolist() if values.dtype == object else values, type=field.type,
+                                   from_pandas=True))
+        else:
+            arrays.append(pa.nulls(n, type=field.type))
+        fields.append(field)
+    for name in frame.columns:
+        if name not in schema.names:
+            column = pa.Table.from_pandas(frame[[name]], preserve_index=False).column(0)
+            arrays.append(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+            fields.append(pa.field(name, arrays[-1].type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

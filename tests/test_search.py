@@ -1,0 +1,157 @@
+"""Tune as a search engine: the --sweep grammar (grids and random axes), seeded draws recorded in the
+run's spec, readable trial names, and ASHA stopping trials early (rows STOPPED, kept on resume)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main, resolve
+from orchestrator.spec import SpecError
+from orchestrator.sweeps import format_value
+from tests.tables import assert_every_table_reads_in_duckdb
+
+
+def configs(sweeps, samples=None, sample_seed=0, study="gan"):
+    (exp,) = resolve(study, "local", [], sweeps=sweeps, samples=samples, sample_seed=sample_seed, say=lambda _: None)
+    return exp, exp.trial_configs()
+
+
+def test_random_axes_draw_within_their_bounds_times_the_grid():
+    exp, got = configs(["lr=loguniform(1e-5,1e-3)", "beta1=0.5,0.9", "latent_dim=uniform(50,60)",
+                        "dropout=choice(0.1,0.3)"], samples=5)
+    assert len(got) == 5 * 2  # N draws per point of the grid (Tune's num_samples)
+    assert [c.beta1 for c in got] == [0.5, 0.9] * 5  # draw-major: the whole grid with each draw
+    assert all(1e-5 <= c.lr <= 1e-3 and 50 <= c.latent_dim <= 60 and c.dropout in (0.1, 0.3) for c in got)
+    assert all(isinstance(c.latent_dim, int) for c in got)
+    assert all(float(format_value(c.lr)) == c.lr for c in got)  # 4 significant digits: the name is the value
+    assert len({c.lr for c in got}) == 10  # log-uniform floats do not repeat
+
+
+def test_draws_are_seeded_and_a_larger_sample_keeps_the_first_draws():
+    _, first = configs(["lr=loguniform(1e-5,1e-3)"], samples=4)
+    _, again = configs(["lr=loguniform(1e-5,1e-3)"], samples=4)
+    _, more = configs(["lr=loguniform(1e-5,1e-3)"], samples=8)
+    _, other = configs(["lr=loguniform(1e-5,1e-3)"], samples=4, sample_seed=1)
+    assert first == again and more[:4] == first  # the same command resumes the same trials
+    assert {c.lr for c in other}.isdisjoint({c.lr for c in first})
+
+
+def test_repeated_choice_draws_are_one_trial():
+    _, got = configs(["beta1=choice(0.5,0.9)"], samples=20)
+    assert sorted(c.beta1 for c in got) == [0.5, 0.9]
+
+
+def test_trial_names_say_what_the_sweep_set():
+    exp, _ = configs(["lr=2e-4,1e-4", "beta1=0.5"])
+    assert exp.trial_names() == ["gan-lr=0.0002,beta1=0.5", "gan-lr=0.0001,beta1=0.5"]
+    (clip,) = resolve("clip", "local", [], seeds=2)
+    assert clip.trial_names()[3] == "clip-image_model=efficientnet-lite0,text_model=all-minilm-l6-v2,seed=43"
+
+
+@pytest.mark.parametrize("sweeps, samples, message", [
+    (["lr=loguniform(1e-5,1e-3)"], None, "say how many with --samples N"),
+    (["lr=1e-4,2e-4"], 3, "--samples 3 needs a random axis"),
+    (["lr=loguniform(0,1)"], 2, "loguniform needs LOW > 0"),
+    (["lr=uniform(2,1)"], 2, "LOW < HIGH"),
+    (["lr=uniform(1e-4)"], 2, "takes two bounds"),
+    (["lr=uniform(abc,1)"], 2, "--sweep lr='abc': expected a number"),
+    (["lr=normal(0,1)"], 2, "unknown distribution 'normal'"),
+    (["beta1=choice(0.5)"], 2, "at least two different values"),
+    (["channels_last=uniform(0,1)"], 2, "needs a numeric field"),
+    (["lr=loguniform(1e-5,1e-3)"], 0, "--samples must be >= 1"),
+    (["beta1=uniform(0.5,1.5)"], 20, "beta1 must be in"),  # draws are validated by the config, like --set
+])
+def test_bad_sweeps_fail_before_ray_with_one_line(sweeps, samples, message):
+    with pytest.raises(SpecError, match=message):
+        configs(sweeps, samples=samples)
+
+
+def test_bad_search_flags_on_the_command_line(tmp_path, capsys):
+    assert main(["run", "minimax", "--scheduler", "asha", "--results", str(tmp_path)]) == 2
+    assert main(["run", "all", "--samples", "2", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "nothing to stop early" in err[0] and "needs a random --sweep axis" in err[1]
+
+
+def test_random_draws_are_recorded_and_resume_the_same_trials(ray_session, tmp_path, capsys):
+    args = ["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=6", "--set", "steps=40",
+            "--sweep", "b=uniform(-1,1)", "--samples", "3", "--no-dashboard"]
+    assert main(args) == 0
+    (exp,) = resolve("minimax", "local", ["num_lrs=6", "steps=40"], sweeps=["b=uniform(-1,1)"], samples=3,
+                     say=lambda _: None)
+    runs = pd.read_parquet(tmp_path / "minimax" / "runs.parquet")
+    assert [json.loads(p)["b"] for p in runs["params"]] == [c.b for c in exp.trial_configs()]
+    trials = pd.read_parquet(tmp_path / "minimax" / "trials.parquet")
+    assert set(trials["trial_name"]) == set(runs["trial_name"]) == set(exp.trial_names())
+    assert all(name.startswith("minimax-b=") for name in runs["trial_name"])
+    capsys.readouterr()
+    assert main(args) == 0  # the same command draws the same trials: all of them finished
+    assert "every trial of minimax" in (out := capsys.readouterr().out) and "nothing to run" in out
+
+
+TINY_ASHA = ["--set", "dataset=flickr8k", "--set", "train_images=64", "--set", "val_images=32",
+             "--set", "test_images=32", "--set", "epochs=8", "--set", "batch_size=16",
+             "--set", "max_concurrent_trials=1", "--seeds", "1", "--no-dashboard", "--scheduler", "asha",
+             # good learning rates first (one trial at a time): the later, nearly frozen heads trail them
+             "--sweep", "head_lr=1e-2,3e-3,1e-7,1e-8"]
+
+
+def test_asha_stops_trailing_trials_early_and_resume_keeps_them(ray_session, data_dir, tmp_path, capsys):
+    args = ["run", "clip", "--results", str(tmp_path / "results"), "--data-dir", data_dir,
+            "--set", f"cache_dir={tmp_path / 'cache'}", *TINY_ASHA]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    trials = pd.read_parquet(tmp_path / "results" / "clip" / "trials.parquet")
+    steps = pd.read_parquet(tmp_path / "results" / "clip" / "steps.parquet")
+    stopped = trials[trials["status"] == "STOPPED"]
+    assert len(trials) == 4 and len(stopped) >= 1 and "stopped early by asha" in out
+    assert (trials.loc[trials["head_lr"] == 1e-2, "status"] == "TERMINATED").all()  # the first runs to its end
+    epochs = steps.groupby("trial_key")["epoch"].max()
+    assert (epochs[stopped["trial_key"]] < 8).all()  # fewer epochs than the others
+    assert stopped["error"].str.contains("stopped early by asha after epoch").all()
+    assert stopped["val_rsum"].notna().all()  # its row holds its last validation metrics
+    assert_every_table_reads_in_duckdb(tmp_path / "results")  # stopped rows have the table's whole schema
+    assert main(args) == 0  # resume: stopped trials are results, not interrupted work
+    assert "every trial of clip" in (out := capsys.readouterr().out) and "nothing to run" in out
+
+
+TINY_TRACKED = ["--set", "dataset=flickr8k", "--set", "train_images=48", "--set", "val_images=24",
+                "--set", "test_images=24", "--set", "epochs=3", "--set", "batch_size=16", "--seeds", "1",
+                "--sweep", "head_lr=1e-3,3e-3", "--no-dashboard", "--tracker", "mlflow", "--tracker", "wandb"]
+
+
+def test_trackers_hold_one_run_per_trial_offline(ray_session, data_dir, tmp_path, monkeypatch):
+    """MLflow (a file store under the results) and W&B (offline) through Ray's callbacks: one run per
+    trial, named like it, with its whole config as params, its metrics per epoch, its prompt grids."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    results = tmp_path / "results"
+    assert main(["run", "clip", "--results", str(results), "--data-dir", data_dir,
+                 "--set", f"cache_dir={tmp_path / 'cache'}", *TINY_TRACKED]) == 0
+    trials = pd.read_parquet(results / "clip" / "trials.parquet")
+
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((results / "mlruns").resolve().as_uri())
+    experiment = client.get_experiment_by_name("clip")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(trials["trial_name"])
+    for run in runs:
+        row = trials[trials["trial_name"] == run.info.run_name].iloc[0]
+        assert float(run.data.params["head_lr"]) == row["head_lr"]
+        assert run.data.params["image_model"] == row["image_model"] and run.data.params["trial_key"] == row["trial_key"]
+        epochs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch"), key=lambda m: m.step)]
+        assert epochs == [1, 2, 3, row["selected_epoch"]]  # one step per epoch, then the trial's final row
+        assert len(client.get_metric_history(run.info.run_id, "val_rsum")) == 4
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "prompts")} >= {
+            "prompts/a_dog_sitting_alone_in_a_park.png"}
+        assert run.info.status == "FINISHED"
+
+    offline = sorted((results / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline) == len(trials)  # one W&B run per trial, syncable later with `wandb sync`
+    records = b"".join(next(run.glob("*.wandb")).read_bytes() for run in offline)  # W&B's protobuf log
+    for name in trials["trial_name"]:
+        assert name.encode() in records  # the run's name...
+    assert all(key in records for key in (b"image_model", b"trial_key", b"val_rsum"))  # ...config and metrics
