@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
                      help="fifo: every trial runs to its end (default); asha: Tune's ASHA stops trials whose "
                      "per-epoch metric (GAN: FID at the sample epochs; CLIP: val rsum) trails the others' at the "
-                     "same epoch: rows with status STOPPED, kept on resume")
+                     "same epoch: rows with status STOPPED, kept on resume; pbt (GAN): population based training, "
+                     "at each sample epoch the worst trials copy the best's weights and perturb its lr")
     run.add_argument("--tracker", dest="trackers", action="append", default=[], choices=ray_trackers.TRACKERS,
                      help="also log every trial to an experiment tracker (repeatable): mlflow (params, per-epoch "
                      "metrics, image artifacts; default store <results>/mlruns) or wandb (offline unless $WANDB_MODE "
@@ -197,11 +198,11 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
                 f"{len(exp.trial_configs()) // exp.seeds} configurations (replacing the {profile} profile's {before})"
                 f"{f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}")
         if scheduler != "fifo":
-            if WORKLOADS[name].early_stop is None:
-                if study != "all":
-                    raise SpecError(f"{name}: --scheduler {scheduler}: {name} reports once per trial, at its end: "
-                                    "nothing to stop early")
-                say(f"[{name}] --scheduler {scheduler}: {name} reports once per trial: every trial runs to its end")
+            why = _scheduler_unfit(name, scheduler, exp)
+            if why and study != "all":
+                raise SpecError(f"{name}: --scheduler {scheduler}: {why}")
+            if why:
+                say(f"[{name}] --scheduler {scheduler}: {why}: every trial runs to its end")
             else:
                 exp = dataclasses.replace(exp, scheduler=scheduler)
         keys = [trial_key(c) for c in exp.trial_configs()]
@@ -213,6 +214,18 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
         raise SpecError(f"--samples {samples} needs a random --sweep axis (FIELD=loguniform(A,B), uniform(A,B) or "
                         "choice(...))")
     return out
+
+
+def _scheduler_unfit(name: str, scheduler: str, exp: Experiment) -> str | None:
+    """Why `scheduler` cannot drive this study's trials (None: it can)."""
+    workload = WORKLOADS[name]
+    if workload.early_stop is None:
+        return f"{name} reports once per trial, at its end: nothing to compare during training"
+    if scheduler == "pbt" and not workload.pbt:
+        return f"PBT is offered for the GAN (it perturbs {name}'s nothing); use asha"
+    if scheduler == "pbt" and len(exp.trial_configs()) < 2:
+        return "PBT needs a population: at least 2 trials (e.g. --sweep lr=1e-4,2e-4,4e-4)"
+    return None
 
 
 def _absolute_dirs(config):

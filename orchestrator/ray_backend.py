@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from orchestrator import ray_cluster, ray_trackers, ray_workers, schemas
+from orchestrator import ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
 from orchestrator.results import ABORTED, FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
@@ -250,32 +250,6 @@ def _collector_classes():
     return Collector, StopOnFailure
 
 
-def _scheduler(exp: Experiment, workload: Workload, configs: list):
-    """Tune's trial scheduler for `exp.scheduler` (None: FIFO, every trial to its end).
-
-    asha: asynchronous successive halving on the metric the trials report during training, at rungs
-    of the step key (epochs 1, 2, 4, ...: grace period 1, reduction factor 2, up to the longest
-    trial's epochs): a trial reaching a rung below the rung's top half so far is stopped. Where the
-    metric comes only at some epochs (GAN: FID at sample epochs), a rung is judged at the next one.
-    A trial at its last epoch is never stopped (ASHA stops trials that reach max_t, which would cut
-    the final report, with the test evaluation, of every trial that ran to its end)."""
-    if exp.scheduler == "fifo":
-        return None
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-    metric, mode = workload.early_stop
-    max_t = max(int(getattr(c, "epochs", 1)) for c in configs)
-    step_key = workload.step_key
-
-    class ASHA(ASHAScheduler):
-        def on_trial_result(self, tune_controller, trial, result):
-            if result.get(TABLE_KEY, "steps") != "steps" or result.get(step_key, 0) >= max_t:
-                return TrialScheduler.CONTINUE  # the final reports, and the last epoch: let the trial end
-            return super().on_trial_result(tune_controller, trial, result)
-
-    return ASHA(time_attr=step_key, metric=metric, mode=mode, max_t=max_t, grace_period=1, reduction_factor=2)
-
-
 def _progress(key: str) -> None:
     """Tell the experiment's watcher that a trial reported. A module-level function: Tune pickles
     the collector (a local class, so by value, with the globals its methods name); this is
@@ -425,7 +399,12 @@ def run_experiment(
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
     say = lambda line: progress(f"[{exp.study}] {line}")  # noqa: E731
-    distributed = workload.runs_distributed(configs[0])  # the same for every trial (checked in preflight)
+    # the same for every trial (checked in preflight). PBT trials are plain single-process Tune trials with
+    # Tune checkpoints, as in Ray's PBT DCGAN example: PBT exploits by restarting a trial from another's
+    # checkpoint, which a Tune trial driving a TorchTrainer does not hold (its reports carry the Train
+    # checkpoint's path as a metric), so PBT would skip every exploit without an error
+    pbt = exp.scheduler == "pbt"
+    distributed = workload.runs_distributed(configs[0]) and not pbt
     # read here, in the CLI's process: actors on a cluster do not inherit its environment
     fallback = os.environ.get(CPU_FALLBACK_ENV, "") == "1"
     if distributed:
@@ -440,7 +419,7 @@ def run_experiment(
         need, fits = single_process_resources(exp.scaling, joined)
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
-                                 use_gpu=exp.scaling.use_gpu, allow_cpu_fallback=fallback),
+                                 use_gpu=exp.scaling.use_gpu, allow_cpu_fallback=fallback, checkpoints=pbt),
             {"cpu": need.pop("CPU"), "gpu": need.pop("GPU", 0), **need},
         )
         concurrent = exp.scaling.max_concurrent_trials or fits
@@ -455,11 +434,13 @@ def run_experiment(
         trainable,
         # each trial's real values (what its sweep set, e.g. {"lr": 0.0002}) with its index into `configs`:
         # Tune's trial configs, results and dashboard show them; the trial applies them (ray_workers.trial_config)
-        param_space={"trial": tune.grid_search([{"index": i, **o} for i, o in enumerate(params)])},
+        param_space={"trial": tune.grid_search([{"index": i, **o, **({f: getattr(configs[i], f) for f in workload.pbt}
+                                                                     if pbt else {})}
+                                                for i, o in enumerate(params)])},
         tune_config=tune.TuneConfig(
             reuse_actors=not distributed,
             max_concurrent_trials=concurrent,
-            scheduler=_scheduler(exp, workload, configs),
+            scheduler=ray_schedulers.build(exp, workload, configs),
             trial_dirname_creator=lambda trial: trial.trial_id,
             trial_name_creator=lambda trial: names[trial.config["trial"]["index"]],  # e.g. gan-lr=0.0002,beta1=0.5
         ),

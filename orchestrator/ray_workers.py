@@ -21,6 +21,7 @@ from orchestrator.spec import Scaling
 from workloads.runtime import REPLAY_KEY, TABLE_KEY, load_state, save_state, table_of
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
+ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch and state digest (see _TuneRuntime)
 
 
 def software(device: str, device_name: str, device_count: int, **extra) -> dict:
@@ -54,8 +55,12 @@ class _TuneRuntime:
 
     world_size, rank, is_rank_zero = 1, 0, True
 
-    def __init__(self, artifact_dir: str, use_gpu: bool = False, allow_cpu_fallback: bool = False) -> None:
+    def __init__(self, artifact_dir: str, use_gpu: bool = False, allow_cpu_fallback: bool = False,
+                 checkpoints: bool = False) -> None:
         self.artifact_dir = artifact_dir
+        # checkpoints: Tune checkpoints, for schedulers that move state between trials (PBT); without
+        # them (the default) single-process trials are short and an interrupted one reruns
+        self.checkpoints, self.restored = checkpoints, {}
         self.device, name, fallback = "cpu", "cpu", False
         if use_gpu:
             import ray
@@ -75,10 +80,38 @@ class _TuneRuntime:
         from ray import tune
 
         node = ray.get_runtime_context().get_node_id()  # which node ran it (a column of every row)
-        tune.report({**metrics, **(self.software if final else {}), "node_id": node, TABLE_KEY: table_of(final, table)})
+        payload = {**metrics, **(self.software if final else {}), "node_id": node, TABLE_KEY: table_of(final, table)}
+        if checkpoint is None or not self.checkpoints:
+            tune.report(payload)
+            return
+        payload.update(self.restored)  # the first report after a restore says what it restored
+        self.restored = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(checkpoint, tmp)
+            # the digest of the state's bytes: a trial that exploits this checkpoint reports the same one
+            payload["checkpoint_digest"] = _digest(Path(tmp))
+            origin = {"trial_name": tune.get_context().get_trial_name(), "epoch": metrics.get("epoch"),
+                      "digest": payload["checkpoint_digest"]}
+            (Path(tmp) / ORIGIN_FILE).write_text(json.dumps(origin))
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def restore(self):
-        return None  # single-process trials are short: an interrupted one reruns
+        """The state of the trial's Tune checkpoint, if any: its own after a restart, or, under PBT,
+        the better trial's it exploits (the next report names that trial and epoch: restored_from)."""
+        if not self.checkpoints:
+            return None
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            state = load_state(directory)
+            origin_file = Path(directory) / ORIGIN_FILE
+            origin = json.loads(origin_file.read_text()) if origin_file.exists() else {}
+            self.restored = {"restored_from": f"{origin.get('trial_name')}@epoch {origin.get('epoch')}",
+                             "restored_digest": _digest(Path(directory))}
+        return state
 
     def barrier(self) -> None:
         pass
@@ -88,6 +121,14 @@ class _TuneRuntime:
 
     def prepare_loader(self, loader):
         return loader
+
+
+def _digest(directory: Path) -> str:
+    import hashlib
+
+    from workloads.runtime import STATE_FILE
+
+    return hashlib.sha1((directory / STATE_FILE).read_bytes()).hexdigest()[:16]
 
 
 def convert_sync_batchnorm(model, device, world_size: int, enabled: bool):
@@ -198,11 +239,11 @@ def trial_config(params: dict, configs: list) -> tuple[int, Any]:
 
 
 def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list, use_gpu: bool = False,
-                   allow_cpu_fallback: bool = False) -> None:
+                   allow_cpu_fallback: bool = False, checkpoints: bool = False) -> None:
     import importlib
 
     index, config = trial_config(params, configs)
-    runtime = _TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback)
+    runtime = _TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback, checkpoints)
     importlib.import_module(module).train_loop(config, runtime)
 
 

@@ -26,6 +26,7 @@ class Workload:
     # what the workload reports, per table: {table: {column: int|float|str|bool}} (schemas.py gives every
     # part of a table these columns, null where absent; the orchestrator adds ids and config fields)
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    pbt: tuple[str, ...] = ()  # float config fields --scheduler pbt perturbs (empty: PBT not offered)
 
     def runs_distributed(self, config) -> bool:
         """Is a trial of this config a Ray Train run (else a plain Tune function trial)?"""
@@ -47,7 +48,7 @@ def _floats(*names: str) -> dict[str, str]:
 
 _RETRIEVAL = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("r1", "r5", "r10", "median_rank", "mean_rank")]
 _GAN_STEPS = {"epoch": "int", **_floats("loss_d", "loss_g", "d_x", "d_g_z", "images_per_s", "epoch_time_s",
-                                        "wall_time_s", "fid", "class_coverage", "class_entropy")}
+                                        "wall_time_s", "lr", "fid", "class_coverage", "class_entropy")}
 _CLIP_STEPS = {"epoch": "int", **_floats("loss", "images_per_s", "epoch_time_s", "wall_time_s", "temperature",
                                          *[f"val_{m}" for m in _RETRIEVAL], "val_rsum")}
 
@@ -67,6 +68,7 @@ WORKLOADS: dict[str, Workload] = {
         "workloads.gan.loop", metric="fid", mode="min", distributed=True, step_key="epoch",
         preflight="workloads.gan.loop:preflight",
         early_stop=("fid", "min"),  # at the sample epochs (sample_epochs, and the last)
+        pbt=("lr",),  # Ray's PBT DCGAN example perturbs the learning rates
         columns={
             "steps": _GAN_STEPS,
             "trials": {**_GAN_STEPS, "train_time_s": "float", "resumed_from_epoch": "int", "epochs_done": "int",

@@ -26,6 +26,8 @@ IDS = {"run_id": "str", "study": "str", "trial_id": "str", "trial_key": "str", "
 WORKER = {"ray_version": "str", "torch_version": "str", "device": "str", "device_name": "str",
           "device_count": "int", "sync_bn": "bool", "cpu_fallback": "bool"}  # ray_workers: what ran the trial
 TRIAL = {"status": "str", "error": "str", "wall_time_s": "float"}  # ray_backend: how the trial ended
+CHECKPOINTED = {"checkpoint_digest": "str", "restored_from": "str", "restored_digest": "str"}  # steps: Tune
+# checkpoints of single-process trials (PBT): the state's digest, and what a restore (an exploit) loaded
 RUNS = {"run_id": "str", "study": "str", "profile": "str", "trial_index": "int", "trial_key": "str",
         "trial_name": "str", "params": "str", "scheduler": "str", "kept": "bool", "code_version": "str",
         "started_at": "float"}  # cli._spec_frame
@@ -49,6 +51,8 @@ def table_schema(table: str, reported: dict[str, str], config: Any = None, exclu
     if table == "runs":
         return _schema(RUNS)
     columns = dict(reported)
+    if table == "steps":
+        columns.update(CHECKPOINTED)
     if table == "trials":
         columns.update(WORKER)
         if config is not None:

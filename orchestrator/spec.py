@@ -31,7 +31,7 @@ def trial_key(config: Any) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha", "pbt")
 
 
 class SpecError(ValueError):
@@ -78,7 +78,7 @@ class Experiment:
     # config -> one dict of config overrides per trial (the Tune grid); default: a single trial
     sweep: Callable[[Any], list[dict]] | None = None
     seeds: int = 1  # each configuration of the sweep runs with seeds seed, seed+1, ... (the config's `seed`)
-    scheduler: str = "fifo"  # Tune's trial scheduler: fifo (every trial to its end) or asha (early stopping)
+    scheduler: str = "fifo"  # Tune's trial scheduler: fifo (every trial to its end), asha (early stopping), pbt
 
     def __post_init__(self) -> None:
         if self.seeds < 1:

@@ -71,7 +71,7 @@ def test_bad_search_flags_on_the_command_line(tmp_path, capsys):
     assert main(["run", "minimax", "--scheduler", "asha", "--results", str(tmp_path)]) == 2
     assert main(["run", "all", "--samples", "2", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and "nothing to stop early" in err[0] and "needs a random --sweep axis" in err[1]
+    assert len(err) == 2 and "nothing to compare during training" in err[0] and "needs a random --sweep axis" in err[1]
 
 
 def test_random_draws_are_recorded_and_resume_the_same_trials(ray_session, tmp_path, capsys):
@@ -155,3 +155,33 @@ def test_trackers_hold_one_run_per_trial_offline(ray_session, data_dir, tmp_path
     for name in trials["trial_name"]:
         assert name.encode() in records  # the run's name...
     assert all(key in records for key in (b"image_model", b"trial_key", b"val_rsum"))  # ...config and metrics
+
+
+TINY_PBT = ["--set", "train_images=256", "--set", "epochs=4", "--set", "sample_epochs=1,2,3,4",
+            "--set", "fid_images=200", "--no-dashboard", "--scheduler", "pbt",
+            # a population of two far apart: one barely moves in 4 steps an epoch, so FIDs differ at once
+            "--sweep", "lr=1e-6,2e-3"]
+
+
+def test_pbt_exploits_by_copying_the_better_trials_weights(ray_session, data_dir, gan_cache, tmp_path):
+    """PBT trials are plain Tune trials with Tune checkpoints: an exploit restarts the worse trial from
+    the better one's checkpoint, whose exact bytes (digest) it then reports, with a perturbed lr."""
+    results = tmp_path / "results"
+    assert main(["run", "gan", "--results", str(results), "--data-dir", data_dir, "--set", f"cache_dir={gan_cache}",
+                 *TINY_PBT]) == 0
+    trials = pd.read_parquet(results / "gan" / "trials.parquet")
+    steps = pd.read_parquet(results / "gan" / "steps.parquet")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+    assert not any((results / "_ray" / f"gan-{key}").exists() for key in trials["trial_key"])  # no Train run
+    assert (trials["world_size"] == 1).all()
+    exploits = steps[steps["restored_from"].notna()]
+    assert len(exploits) >= 1, steps[["trial_name", "epoch", "fid", "lr"]]
+    for _, row in exploits.iterrows():
+        donor_name, _, donor_epoch = row["restored_from"].partition("@epoch ")
+        assert donor_name != row["trial_name"] and donor_name in set(trials["trial_name"])
+        donor = steps[(steps["trial_name"] == donor_name) & (steps["epoch"] == int(donor_epoch))]
+        assert list(donor["checkpoint_digest"]) == [row["restored_digest"]]  # the donor's very weights
+        assert row["epoch"] == int(donor_epoch) + 1  # training went on from the donor's epoch
+        before = steps[(steps["trial_name"] == row["trial_name"]) & (steps["epoch"] < row["epoch"])]
+        assert row["lr"] not in set(before["lr"])  # ...with a perturbed learning rate
+    assert_every_table_reads_in_duckdb(results)

@@ -117,6 +117,8 @@ def train_loop(config: Config, runtime) -> None:
         unwrap(d).load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        for group in [*opt_g.param_groups, *opt_d.param_groups]:  # this config's lr, not the checkpoint's: under
+            group["lr"] = config.lr  # PBT the state may come from another trial, with a perturbed lr
         if len(state.get("rng_by_rank", ())) == runtime.world_size:  # every rank continues its own stream
             rng.load(state["rng_by_rank"][runtime.rank])
         start_epoch, step = state["epoch"] + 1, state["step"]
@@ -164,6 +166,7 @@ def train_loop(config: Config, runtime) -> None:
             "epoch": epoch, "loss_d": float(totals[0] / n), "loss_g": float(totals[1] / n),
             "d_x": float(totals[2] / n), "d_g_z": float(totals[3] / n),
             "images_per_s": n / seconds, "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started,
+            "lr": config.lr,  # constant, except under PBT, which perturbs it between epochs
         }
         checkpoint = None
         rng_by_rank = gather_objects(rng.state())  # every rank's streams, into rank 0's checkpoint
