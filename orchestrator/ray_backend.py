@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from orchestrator import ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
+from orchestrator import progress, ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
 from orchestrator.results import ABORTED, FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
@@ -457,7 +457,7 @@ def run_experiment(
     )
     started = time.perf_counter()
     try:
-        with watcher:
+        with watcher, progress.Tail(say, artifact_dirs, names):
             tuner.fit()
     finally:
         failure = _FAILED.pop(collector.key, None)

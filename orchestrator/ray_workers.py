@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator import progress
 from orchestrator.provenance import package_version
 from orchestrator.spec import Scaling
 from workloads.runtime import REPLAY_KEY, TABLE_KEY, load_state, save_state, table_of
@@ -94,6 +95,10 @@ class _TuneRuntime:
                       "digest": payload["checkpoint_digest"]}
             (Path(tmp) / ORIGIN_FILE).write_text(json.dumps(origin))
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def say(self, line: str) -> None:
+        """A progress line the driver prints (progress.py)."""
+        progress.append(self.artifact_dir, line)
 
     def restore(self):
         """The state of the trial's Tune checkpoint, if any: its own after a restart, or, under PBT,
@@ -183,6 +188,11 @@ class _TrainRuntime:
             # the epoch's row travels with its checkpoint: see restore()
             (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def say(self, line: str) -> None:
+        """A progress line the driver prints (progress.py); rank 0's only."""
+        if self.is_rank_zero:
+            progress.append(self.artifact_dir, line)
 
     def barrier(self) -> None:
         import torch.distributed as dist

@@ -106,6 +106,8 @@ def test_asha_stops_trailing_trials_early_and_resume_keeps_them(ray_session, dat
     steps = pd.read_parquet(tmp_path / "results" / "clip" / "steps.parquet")
     stopped = trials[trials["status"] == "STOPPED"]
     assert len(trials) == 4 and len(stopped) >= 1 and "stopped early by asha" in out
+    # feature extraction inside the first trial said what it did, through the driver
+    assert "clip-head_lr=0.01: efficientnet-lite0, train: image features cached" in out
     assert (trials.loc[trials["head_lr"] == 1e-2, "status"] == "TERMINATED").all()  # the first runs to its end
     epochs = steps.groupby("trial_key")["epoch"].max()
     assert (epochs[stopped["trial_key"]] < 8).all()  # fewer epochs than the others

@@ -83,7 +83,7 @@ def encode_texts(model, tokenize, texts: list[str], batch: int = 256, say=None,
 
 def _progress(say, what: str, done: int, total: int, started: float, every_s: float = 10.0) -> None:
     """A line every ~10 s of a long extraction: how far, how fast, how long left."""
-    if say is None:
+    if not say:
         return
     done = min(done, total)
     elapsed = time.perf_counter() - started
@@ -99,6 +99,7 @@ def cached(kind: str, ident: dict, compute, say=None) -> torch.Tensor:
     """The cached features at `ident`, computing them once (under the file's build lock)."""
     path = _path(kind, ident)
     if not path.exists():
+        started = time.perf_counter()
         with build_lock(path):  # another trial (any node) may be extracting this encoder: wait for its file
             if not path.exists():
                 started = time.perf_counter()
@@ -107,4 +108,6 @@ def cached(kind: str, ident: dict, compute, say=None) -> torch.Tensor:
                     torch.save(features, tmp)
                 if say:
                     say(f"{kind} features cached: {tuple(features.shape)} in {time.perf_counter() - started:.0f} s")
+            elif say:
+                say(f"{kind} features: another trial extracted them ({time.perf_counter() - started:.0f} s waited)")
     return torch.load(path, map_location="cpu", weights_only=True)

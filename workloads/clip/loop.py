@@ -92,19 +92,29 @@ def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normal
     bf16 = config.amp and native_bf16(device)  # ~2x faster extraction; part of the cache key
     autocast = bf16_autocast(device, bf16)
 
-    def load(split, compute: bool) -> tuple:
-        return (features.cached("image", features.image_key(config, split, bf16), compute and (
-                    lambda: features.encode_images(unwrap(model), split_images(config, split), normalise, say=say,
-                                                   autocast=autocast)), say),
+    def prefixed(encoder: str, name: str):  # "efficientnet-lite0, train: images 640/3000 (55/s, ~43 s left)"
+        return say and (lambda line: say(f"{encoder.removeprefix('pkg:')}, {name}: {line}"))
+
+    def load(name, split, compute: bool) -> tuple:
+        image_say, text_say = prefixed(config.image_model, name), prefixed(config.text_model, name)
+
+        def images():
+            if image_say:
+                image_say(f"decoding {len(split.images)} images at {config.image_size} px (once per cache), then "
+                          f"extracting features{' in bf16' if bf16 else ''}")
+            return features.encode_images(unwrap(model), split_images(config, split), normalise, say=image_say,
+                                          autocast=autocast)
+
+        return (features.cached("image", features.image_key(config, split, bf16), compute and images, image_say),
                 features.cached("text", features.text_key(config, split, bf16), compute and (
-                    lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, say,
-                                         autocast)), say))
+                    lambda: encode_texts(unwrap(model), tokenizer, split.captions, config.max_length, device, text_say,
+                                         autocast)), text_say))
 
     if runtime.is_rank_zero:
         unwrap(model).eval()
-        out = {name: load(split, compute=True) for name, split in splits.items()}
+        out = {name: load(name, split, compute=True) for name, split in splits.items()}
     runtime.barrier()
-    return out if runtime.is_rank_zero else {name: load(split, compute=False) for name, split in splits.items()}
+    return out if runtime.is_rank_zero else {name: load(name, split, compute=False) for name, split in splits.items()}
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:

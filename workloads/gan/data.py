@@ -28,7 +28,7 @@ def _source_dir(root: Path) -> Path | None:
     return None
 
 
-def locate(data_dir: str, cache_dir: str = "") -> Path:
+def locate(data_dir: str, cache_dir: str = "", say=None) -> Path:
     """The torchvision root holding extracted `FashionMNIST/raw/*`; extracts from a local copy if needed."""
     cache = cache_root(cache_dir)
     raw = cache / "FashionMNIST" / "raw"
@@ -44,6 +44,8 @@ def locate(data_dir: str, cache_dir: str = "") -> Path:
             f"{FILES[0]}[.gz] and its 3 siblings): point --data-dir or {DATA_ENV} at a folder holding them"
         )
     raw.mkdir(parents=True, exist_ok=True)
+    if say:
+        say(f"extracting FashionMNIST from {source} into {raw} (once for this cache)")
     with build_lock(raw / "extract"):  # one extractor at a time (shared caches on a cluster)
         for name in FILES:
             target = raw / name

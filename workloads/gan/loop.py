@@ -205,5 +205,6 @@ def train_loop(config: Config, runtime) -> None:
 
 def preflight(config: Config) -> None:
     """Before Ray starts: make sure the data is there and the FID classifier is cached (trains it once)."""
-    data.locate(config.data_dir, config.cache_dir)
-    quality.load_classifier(config.data_dir, config.cache_dir)
+    say = lambda line: print(f"[gan] {line}", flush=True)  # noqa: E731  (the CLI's terminal: before Ray starts)
+    data.locate(config.data_dir, config.cache_dir, say=say)
+    quality.load_classifier(config.data_dir, config.cache_dir, say=say)

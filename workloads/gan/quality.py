@@ -10,6 +10,8 @@ It ranks generators the way Inception-FID does but its values are not comparable
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: int = 0) -> Classifier:
+def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: int = 0, say=None) -> Classifier:
     """Deterministic for a given machine and thread count: the initial weights and the batch order
     come from `seed`, and the global RNG is left as it was."""
     with torch.random.fork_rng():
@@ -45,7 +47,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: in
         batch = 128
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * -(-len(x) // batch))
-        for _ in range(epochs):
+        started = time.perf_counter()
+        for epoch in range(1, epochs + 1):
             model.train()
             for idx in torch.randperm(len(x), generator=generator).split(batch):
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -53,10 +56,14 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: in
                 loss.backward()
                 opt.step()
                 schedule.step()
+            if say:
+                elapsed = time.perf_counter() - started
+                say(f"FID classifier epoch {epoch}/{epochs}: loss {float(loss):.3f} ({elapsed:.0f} s, "
+                    f"~{elapsed / epoch * (epochs - epoch):.0f} s left)")
     return model.eval()
 
 
-def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4) -> tuple[Classifier, float]:
+def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4, say=None) -> tuple[Classifier, float]:
     """The cached classifier and its test accuracy; trains it once if absent (4 epochs, one-cycle
     Adam: 91.8% test accuracy in 38 s on 2 CPU cores, measured 2026-11-24). On a cluster the cache
     is on the shared storage: one builder (a file lock), every trial and run scores with the same
@@ -66,12 +73,17 @@ def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4) ->
         with build_lock(path):
             if not path.exists():
                 x, y = data.load(data_dir, cache_dir, train=True)
-                model = train_classifier(x, y, epochs)
+                if say:
+                    say(f"training the FID classifier once for this cache ({epochs} epochs on {len(x)} images, "
+                        "~40 s on 2 cores)")
+                model = train_classifier(x, y, epochs, say=say)
                 xt, yt = data.load(data_dir, cache_dir, train=False)
                 with torch.no_grad():
                     accuracy = float(torch.cat([model(b).argmax(1) for b in xt.split(1000)]).eq(yt).float().mean())
                 with atomic_path(path) as tmp:
                     torch.save({"model": model.state_dict(), "test_accuracy": accuracy}, tmp)
+                if say:
+                    say(f"FID classifier: test accuracy {accuracy:.1%}, cached in {path}")
     model = Classifier()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
