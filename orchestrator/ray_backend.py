@@ -250,6 +250,20 @@ def _collector_classes():
     return Collector, StopOnFailure
 
 
+def tensorboard_view(study_dir, run_id: str, attempts: dict[str, str], say: Callable[[str], None]) -> None:
+    """`<study>/tensorboard/<run_id>/<trial name>` -> each trial's TensorBoard folder (relative links):
+    `tensorboard --logdir results/gan/tensorboard/<run_id>` shows a run's trials side by side, by name."""
+    view = study_dir / "tensorboard" / run_id
+    try:
+        view.mkdir(parents=True, exist_ok=True)
+        for name, attempt in attempts.items():
+            link = view / str(name).replace("/", "_")
+            if not link.is_symlink():
+                link.symlink_to(os.path.join("..", "..", "artifacts", attempt, "tensorboard"))
+    except OSError as exc:  # storage without symlinks: the artifacts' own folders still hold every log
+        say(f"no TensorBoard view of this run ({exc.strerror or exc}): use --logdir {study_dir / 'artifacts'}")
+
+
 def _progress(key: str) -> None:
     """Tell the experiment's watcher that a trial reported. A module-level function: Tune pickles
     the collector (a local class, so by value, with the globals its methods name); this is
@@ -398,6 +412,11 @@ def run_experiment(
 
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
+    if workload.distributed:  # the Train studies log TensorBoard (also when a trial runs single-process)
+        kept = done_before.drop_duplicates("trial_key") if len(done_before) and "attempt" in done_before else pd.DataFrame()
+        tensorboard_view(store.root / exp.study, run_id,
+                         {**dict(zip(kept.get("trial_name", kept.get("trial_key", [])), kept.get("attempt", []))),
+                          **dict(zip(names, bases))}, say)
     say = lambda line: progress(f"[{exp.study}] {line}")  # noqa: E731
     # the same for every trial (checked in preflight). PBT trials are plain single-process Tune trials with
     # Tune checkpoints, as in Ray's PBT DCGAN example: PBT exploits by restarting a trial from another's

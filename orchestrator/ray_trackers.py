@@ -3,8 +3,8 @@
 Both are Tune callbacks on the driver: each trial becomes one tracker run, named like the trial
 (`gan-lr=0.0002,beta1=0.5`), with the trial's whole config as params (Ray's callbacks log only Tune's
 trial config, which here holds the swept values), every reported result as metrics per step (GAN
-and CLIP: per epoch), and, for MLflow, the trial's images (GAN sample grids, CLIP prompt grids) as
-artifacts when it ends.
+and CLIP: per epoch), and the trial's images (GAN sample grids, CLIP prompt grids) when it ends:
+MLflow artifacts under samples/ and prompts/, W&B images under the same keys.
 
 - MLflow: the tracking URI is `--tracking-uri`, else `$MLFLOW_TRACKING_URI`, else a local file store
   `<results>/mlruns` (MLflow >= 3 keeps its file store behind MLFLOW_ALLOW_FILE_STORE, set here for
@@ -49,8 +49,21 @@ def callbacks(trackers: list[str], study: str, run_id: str, results: Path, param
         folder = results.resolve() / "wandb"
         folder.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for an API key unless offline
-        out.append(_wandb_class()(params, names, project=study, group=run_id, dir=str(folder),
+        out.append(_wandb_class()(params, names, artifact_dirs, project=study, group=run_id, dir=str(folder),
                                   mode=os.environ["WANDB_MODE"]))
+    return out
+
+
+def _images(folder: Path) -> dict:
+    """{"samples/epoch_004": (H, W, 3) uint8 array, "prompts/...": ...} of a trial's image folders."""
+    import numpy as np
+    from PIL import Image
+
+    out = {}
+    for sub in IMAGE_DIRS:
+        for png in sorted((folder / sub).glob("*.png")) if (folder / sub).is_dir() else []:
+            with Image.open(png) as image:
+                out[f"{sub}/{png.stem}"] = np.asarray(image.convert("RGB"))
     return out
 
 
@@ -86,12 +99,19 @@ def _wandb_class():
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     class WandbCallback(WandbLoggerCallback):
-        def __init__(self, params: list[dict], names: list[str], **kwargs) -> None:
+        def __init__(self, params: list[dict], names: list[str], artifact_dirs: list[str], **kwargs) -> None:
             super().__init__(**kwargs)
-            self.params, self.names = params, names
+            self.params, self.names, self.artifact_dirs = params, names, artifact_dirs
 
         def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
             wandb_init_kwargs.update(config=self.params[_index(trial)], name=self.names[_index(trial)])
             super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+        def log_trial_end(self, trial, failed: bool = False) -> None:
+            # the trial's images as one last result: Ray's callback turns (H, W, 3) arrays into wandb.Image
+            images = _images(Path(self.artifact_dirs[_index(trial)]))
+            if images and trial in self._trial_logging_actors:
+                self.log_trial_result(0, trial, images)
+            super().log_trial_end(trial, failed)
 
     return WandbCallback

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -159,8 +160,9 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
     run_id = _label(trials)
     steps = steps_of(store, "gan", trials).sort_values("epoch")
     fig, (ax_loss, ax_fid) = plt.subplots(1, 2, figsize=(10, 3.5))
+    names = dict(zip(trials["trial_key"], trials["trial_name"] if "trial_name" in trials else trials["trial_key"]))
     for key, curve in steps.groupby("trial_key"):
-        label = f"lr={trials.loc[trials['trial_key'] == key, 'lr'].iloc[0]:g}"
+        label = str(names.get(key, key)).removeprefix("gan-")
         ax_loss.plot(curve["epoch"], curve["loss_d"], label=f"D {label}")
         ax_loss.plot(curve["epoch"], curve["loss_g"], "--", label=f"G {label}")
         scored = curve.dropna(subset=["fid"]) if "fid" in curve else curve.iloc[:0]
@@ -173,8 +175,9 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
     path = out_dir / f"curves-{run_id}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    lines = [_table(trials, ["trial_key", "lr", "beta1", "epochs_done", "fid", "class_coverage",
-                                                    "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s"])]
+    lines = [_table(trials, ["trial_name" if "trial_name" in trials else "trial_key", "lr", "beta1", "epochs_done", "fid",
+                             "class_coverage", "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s"])]
+    lines += gan_over_seeds(trials)
     images = [path]
     for generator in trials.get("generator_path", pd.Series(dtype=str)).dropna():
         samples = Path(generator).parent / "samples"
@@ -182,6 +185,26 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
         images += sorted(samples.glob("epoch_*.png"))
     lines.append(f"plot: {path}")
     return "\n".join(lines), images
+
+
+def gan_over_seeds(trials: pd.DataFrame) -> list[str]:
+    """Configurations run with several seeds: mean ± std over seeds of the final FID and coverage."""
+    from workloads.gan.config import Config
+
+    if "seed" not in trials or trials["seed"].nunique() < 2:
+        return []
+    fields = [f.name for f in dataclasses.fields(Config)
+              if f.name not in ("seed", "data_dir", "cache_dir", "fail_at_epoch") and f.name in trials]
+    varying = [f for f in fields if trials[f].astype(str).nunique() > 1]
+    groups = trials.groupby([trials[f].astype(str) for f in varying]) if varying else [("all", trials)]
+    lines = ["over seeds (mean ± std of the final epoch):"]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        label = ",".join(f"{f}={v}" for f, v in zip(varying, key)) or "every trial"
+        stats = "  ".join(f"{m} {group[m].mean():.4g} ± {group[m].std(ddof=1):.2g}" for m in ("fid", "class_coverage")
+                          if m in group and group[m].notna().sum() > 1)
+        lines.append(f"  {label}: {stats}  ({len(group)} seeds)")
+    return lines
 
 
 def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:

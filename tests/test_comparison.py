@@ -103,8 +103,11 @@ def test_clip_trials_log_loss_and_val_recall_to_tensorboard(frozen_run):
 
     results, _ = frozen_run
     trials = pd.read_parquet(results / "clip" / "trials.parquet")
-    for attempt, selected in zip(trials["attempt"], trials["selected_epoch"]):
-        events = EventAccumulator(str(results / "clip" / "artifacts" / attempt / "tensorboard")).Reload()
+    (run_id,) = trials["run_id"].unique()
+    view = results / "clip" / "tensorboard" / run_id  # the run's trials by name, for one `tensorboard --logdir`
+    assert sorted(p.name for p in view.iterdir()) == sorted(trials["trial_name"])
+    for name, selected in zip(trials["trial_name"], trials["selected_epoch"]):
+        events = EventAccumulator(str(view / name)).Reload()
         assert [e.step for e in events.Scalars("Val/rsum")] == [1, 2, 3]  # every epoch
         assert [e.step for e in events.Scalars("Loss/train")] == [1, 2, 3]
         assert [e.step for e in events.Scalars("Test/t2i_r10")] == [selected]  # once, at the chosen epoch

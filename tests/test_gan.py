@@ -226,3 +226,14 @@ def test_bf16_autocast_only_where_native():
         losses.append(torch.stack([loss_d, loss_g]).detach())
     assert torch.isfinite(losses[1]).all()
     assert torch.allclose(losses[0], losses[1], rtol=0.05), losses
+
+
+def test_report_aggregates_the_gan_over_seeds():
+    from orchestrator.report import gan_over_seeds
+
+    trials = pd.DataFrame({"seed": [42, 43, 42, 43], "lr": [1e-4, 1e-4, 2e-4, 2e-4], "beta1": 0.5,
+                           "fid": [200.0, 210.0, 300.0, 320.0], "class_coverage": [0.9, 0.8, 0.7, 0.6]})
+    lines = gan_over_seeds(trials)
+    assert lines[1] == f"  lr=0.0001: fid 205 ± {np.std([200, 210], ddof=1):.2g}  class_coverage 0.85 ± 0.071  (2 seeds)"
+    assert lines[2].startswith("  lr=0.0002: fid 310 ± 14")
+    assert gan_over_seeds(trials[trials["seed"] == 42]) == []  # one seed: nothing to aggregate

@@ -157,6 +157,8 @@ def test_trackers_hold_one_run_per_trial_offline(ray_session, data_dir, tmp_path
     for name in trials["trial_name"]:
         assert name.encode() in records  # the run's name...
     assert all(key in records for key in (b"image_model", b"trial_key", b"val_rsum"))  # ...config and metrics
+    for run in offline:  # ...and the five prompt grids as W&B images
+        assert len(list((run / "files" / "media" / "images" / "prompts").glob("*.png"))) == 5, list(run.rglob("*"))
 
 
 TINY_PBT = ["--set", "train_images=256", "--set", "epochs=4", "--set", "sample_epochs=1,2,3,4",
