@@ -1,5 +1,7 @@
-"""One self-contained HTML page for a results directory: every study's summary, plots and sample
-grids (embedded as data URIs, so the file can be mailed or archived alone) and a comparison of runs."""
+"""One self-contained HTML page for a results directory, read like a paper's results section: each
+study headed by its key result in one sentence, its numbers in real (sortable) tables rounded to
+what they mean, its plots and image grids at full width, the text summary folded below, and a
+table of runs. Images are embedded as data URIs, so the file can be mailed or archived alone."""
 
 from __future__ import annotations
 
@@ -10,56 +12,146 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator import clip_report as compare
+from orchestrator import report
 from orchestrator.registry import WORKLOADS
-from orchestrator.report import study_report
-from orchestrator.results import ResultStore
+from orchestrator.results import ResultStore, StoreError
 from workloads.common import atomic_path
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}img{max-width:100%;margin:.3em 0}
-table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-.grids{display:flex;flex-wrap:wrap;gap:.5em}.grids figure{width:32%;margin:0}.grids img{width:100%}
-figcaption{font-size:12px;color:#555;text-align:center}h2{border-bottom:2px solid #ddd}"""
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h2{border-bottom:2px solid #ddd;margin-top:2em}.key{font-size:1.1em;background:#f3f7fb;border-left:4px solid #4a7fb5;
+padding:.5em .8em}.wrap{overflow-x:auto;max-width:100%;margin:.5em 0}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f4f4f4;cursor:pointer}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;display:block;margin:.5em 0}
+.grids{display:grid;grid-template-columns:1fr;gap:1em}@media(min-width:1000px){.grids.two{grid-template-columns:1fr 1fr}}
+figure{margin:0}figcaption{font-size:13px;color:#555}.samples img{image-rendering:pixelated;width:100%;max-width:560px}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}details{margin:.8em 0}"""
+
+# click a header to sort by it (numbers numerically, the rest as text); click again to reverse
+SORT = """document.querySelectorAll('table.sortable th').forEach((th,i)=>th.onclick=()=>{const t=th.closest('table'),
+b=t.tBodies[0],r=[...b.rows],d=th.dataset.d=th.dataset.d==='1'?'-1':'1',v=x=>{const s=x.cells[i].innerText,
+n=parseFloat(s);return isNaN(n)?s:n};r.sort((x,y)=>{const p=v(x),q=v(y);return (p>q?1:p<q?-1:0)*d});
+r.forEach(x=>b.appendChild(x))});"""
 
 
-def _img(path: Path, caption: bool = False) -> str:
+def _img(path: Path, caption: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    tag = f'<img alt="{html.escape(path.name)}" title="{html.escape(str(path))}" src="data:image/png;base64,{data}">'
-    return f"<figure>{tag}<figcaption>{html.escape(path.stem)}</figcaption></figure>" if caption else tag
+    tag = f'<img alt="{html.escape(caption or path.stem)}" src="data:image/png;base64,{data}">'
+    return f"<figure>{tag}<figcaption>{html.escape(caption)}</figcaption></figure>" if caption else tag
+
+
+def _table(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
+    """A sortable HTML table; floats rounded per column (`digits`, default 3 significant)."""
+    digits = digits or {}
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            d = digits.get(column)
+            shown[column] = shown[column].map(lambda v, d=d: "" if pd.isna(v) else (f"{v:.{d}f}" if d is not None else f"{v:.3g}"))
+    return f'<div class="wrap">{shown.to_html(index=False, classes="sortable", border=0, escape=True)}</div>'
+
+
+def _minimax(trials: pd.DataFrame) -> tuple[str, str]:
+    ranges = report.minimax_ranges(trials)
+    agree = int((ranges["grid points"] - ranges["disagree"]).sum())
+    widest = ranges.loc[ranges["converged"].idxmax()]
+    never = ", ".join(ranges.loc[ranges["converged"] == 0, "algorithm"]) or "none"
+    key = (f"The measured stable learning rates match the analytic ones (spectral radius below 1) at {agree} of "
+           f"{int(ranges['grid points'].sum())} grid points; {widest['algorithm']} converges on the widest range "
+           f"({widest['measured']}), and {never} converge{'s' if ',' not in never and never != 'none' else ''} "
+           "at no learning rate.")
+    return key, _table(ranges)
+
+
+def _gan(trials: pd.DataFrame) -> tuple[str, str]:
+    best = trials.sort_values("fid").iloc[0]
+    name = best.get("trial_name", best["trial_key"])
+    seeds = report.gan_over_seeds(trials)
+    key = (f"{html.escape(str(name))}: FID {best['fid']:.0f} after {int(best['epochs_done'])} epochs (lower is better; "
+           f"the classifier's features, comparable within this machine's runs), "
+           f"{best['class_coverage']:.0%} of the 10 classes covered.")
+    columns = [c for c in ("trial_name", "lr", "beta1", "epochs_done", "fid", "class_coverage", "class_entropy", "d_x",
+                           "d_g_z", "images_per_s", "wall_time_s") if c in trials]
+    extra = f"<pre>{html.escape(chr(10).join(seeds))}</pre>" if seeds else ""
+    return key, _table(trials[columns], {"fid": 0, "class_coverage": 2, "class_entropy": 2, "d_x": 2, "d_g_z": 2,
+                                         "images_per_s": 0, "wall_time_s": 0}) + extra
+
+
+def _clip(trials: pd.DataFrame) -> tuple[str, str]:
+    table = compare.comparison(trials)
+    best = table.iloc[0]
+    n = int(trials["test_images"].iloc[0]) if "test_images" in trials else 0
+    key = (f"Best pair {html.escape(best['pair'])}: text-to-image R@10 {best['t2i_r10']} on {n} test images "
+           f"(mean ± std over {best['seeds']} seed{'s' if best['seeds'] > 1 else ''}; published on the 1000 official "
+           "test images: UVSE 0.515, DVSA 0.447).")
+    lines = compare.conclusion(trials)
+    conclusion = "<ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>"
+    return key, _table(table.drop(columns=["_mean"])) + f"<p>{html.escape(lines[0])}</p>{conclusion}"
+
+
+KEYS = {"minimax": _minimax, "gan": _gan, "clip": _clip}
 
 
 def _runs(trials: pd.DataFrame, study: str) -> str:
-    """One row per run: trials, ok, best metric."""
+    """One row per run: its rows, how many finished, and its headline (minimax: converged rows, not a
+    best-of distance, which is ~1e-300 for any converged lane)."""
     workload = WORKLOADS[study]
-    ok = trials["status"] == "TERMINATED"
-    metric = trials[workload.metric].where(ok) if workload.metric in trials else pd.Series(index=trials.index, dtype=float)
-    runs = pd.DataFrame({"run_id": trials["run_id"], "ok": ok, "metric": metric}).groupby("run_id").agg(
-        rows=("ok", "size"), ok=("ok", "sum"), best=("metric", "min" if workload.mode == "min" else "max"))
-    return runs.rename(columns={"best": f"best {workload.metric} ({workload.mode})"}).to_html(float_format=lambda v: f"{v:.4g}")
+    ok = trials["status"].isin(["TERMINATED", "STOPPED"])
+    frame = pd.DataFrame({"run": trials["run_id"], "ok": ok})
+    if study == "minimax":
+        frame["converged"] = trials["converged"].astype(bool) & ok
+        runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"), converged=("converged", "sum"))
+    else:
+        frame["metric"] = trials[workload.metric].where(ok) if workload.metric in trials else float("nan")
+        runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"),
+                                        best=("metric", "min" if workload.mode == "min" else "max"))
+        runs = runs.rename(columns={"best": f"best {workload.metric}"})
+    return _table(runs.reset_index())
+
+
+def _section(study: str, store: ResultStore, run_id: str | None) -> str | None:
+    everything = store.read(study, "trials")
+    if everything.empty:
+        return None
+    chosen = run_id if run_id in set(everything["run_id"]) else None
+    try:
+        text, images = report.study_report(study, store, chosen)
+        trials, _ = store.current(study, chosen)
+    except StoreError as exc:
+        return f"<h2>{study}</h2><p>{html.escape(str(exc))}</p>"
+    trials = trials.assign(attempt=report.attempts(trials))
+    key, tables = KEYS[study](trials)
+    images = [p for p in images if p.exists()]
+    plots = [p for p in images if "prompts" not in p.parts and "samples" not in p.parts]
+    samples = [p for p in images if "samples" in p.parts]
+    prompts = [p for p in images if "prompts" in p.parts]
+    body = [f"<h2>{study}</h2>", f'<p class="key">{key}</p>', tables, *(_img(p) for p in plots)]
+    if samples:
+        body.append('<div class="grids two samples">' + "".join(
+            _img(p, f"{p.parent.parent.name}: {p.stem.replace('_', ' ')}") for p in samples) + "</div>")
+    if prompts:  # one prompt per row, the pairs side by side on a wide screen
+        body.append('<div class="grids two">' + "".join(
+            _img(p, f"{p.stem.replace('_', ' ')} ({_pair_of(p, trials)})") for p in prompts) + "</div>")
+    body.append(f"<details><summary>text summary</summary><pre>{html.escape(text)}</pre></details>")
+    body.append(f"<h3>runs</h3>{_runs(everything, study)}")
+    return "".join(body)
+
+
+def _pair_of(grid: Path, trials: pd.DataFrame) -> str:
+    attempt = grid.parent.parent.name
+    rows = trials[trials["attempt"] == attempt]
+    return str(rows["pair"].iloc[0]) if len(rows) and "pair" in rows else attempt
 
 
 def write_html(store: ResultStore, run_id: str | None = None) -> Path:
-    sections = []
-    for study in WORKLOADS:
-        trials = store.read(study, "trials")
-        if trials.empty:
-            continue
-        chosen = run_id if run_id in set(trials["run_id"]) else None
-        text, images = study_report(study, store, chosen)
-        singles = [p for p in images if p.exists() and "prompts" not in p.parts and "samples" not in p.parts]
-        grids = [p for p in images if p.exists() and p not in singles]
-        sections.append(
-            f"<h2>{study}</h2><pre>{html.escape(text)}</pre>"
-            + "".join(_img(p) for p in singles)
-            + (f'<div class="grids">{"".join(_img(p, caption=True) for p in grids)}</div>' if grids else "")
-            + f"<h3>runs</h3>{_runs(trials, study)}"
-        )
+    sections = [s for s in (_section(study, store, run_id) for study in WORKLOADS) if s]
     if not sections:
         sections.append("<p>No results yet: run <code>python -m orchestrator run all</code>.</p>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>orchestrator report</title>"
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>orchestrator report</title>"
             f"<style>{STYLE}</style></head><body><h1>Study report</h1>"
             f"<p>{html.escape(str(store.root.resolve()))}, written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
-            + "".join(sections) + "</body></html>")
+            + "".join(sections) + f"<script>{SORT}</script></body></html>")
     path = store.root / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

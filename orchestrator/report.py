@@ -73,6 +73,24 @@ def _grid_ranges(lrs: np.ndarray, ok: np.ndarray) -> str:
     return " U ".join(ranges)
 
 
+def minimax_ranges(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per algorithm: the stable learning rates measured on the grid, the analytic ones (spectral
+    radius < 1), and at how many grid points the two disagree."""
+    from workloads import minimax
+
+    first = trials.iloc[0]
+    cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
+    rows = []
+    for algorithm in [a for a in minimax.ALGORITHMS if a in set(trials["algorithm"])]:
+        sub = trials[trials["algorithm"] == algorithm].sort_values("lr")
+        lrs, ok = sub["lr"].to_numpy(), sub["converged"].to_numpy(bool)
+        agree = (sub["spectral_radius"].to_numpy() < 1) == ok
+        rows.append({"algorithm": algorithm, "measured": _grid_ranges(lrs, ok),
+                     "analytic": _interval_text(minimax.stable_intervals(cfg, algorithm, float(lrs.max()))),
+                     "grid points": len(sub), "converged": int(ok.sum()), "disagree": int((~agree).sum())})
+    return pd.DataFrame(rows)
+
+
 def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
     import matplotlib
 
@@ -90,14 +108,10 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
         f"start ({first['x0']:g}, {first['y0']:g}), T = {int(first['steps'])}",
         f"{'algorithm':<14} {'stable lrs on the grid (measured)':<40} stable lrs (analytic, rho < 1)",
     ]
-    for algorithm in algorithms:
-        rows = trials[trials["algorithm"] == algorithm].sort_values("lr")
-        lrs, ok = rows["lr"].to_numpy(), rows["converged"].to_numpy(bool)
-        analytic = minimax.stable_intervals(cfg, algorithm, float(lrs.max()))
-        lines.append(f"{algorithm:<14} {_grid_ranges(lrs, ok):<40} {_interval_text(analytic)}")
-        agree = (rows["spectral_radius"].to_numpy() < 1) == ok
-        if not agree.all():
-            lines.append(f"{'':<14} measured and analytic disagree at {int((~agree).sum())} grid points")
+    for row in minimax_ranges(trials).itertuples():
+        lines.append(f"{row.algorithm:<14} {row.measured:<40} {row.analytic}")
+        if row.disagree:
+            lines.append(f"{'':<14} measured and analytic disagree at {row.disagree} grid points")
 
     # convergence map: one band per algorithm, colour = log10 distance to the saddle after T steps
     fig, ax = plt.subplots(figsize=(10, 1 + 0.6 * len(algorithms)))
@@ -121,21 +135,28 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
 
     # distance vs step for a few learning rates per algorithm
     steps = steps_of(store, "minimax", trials)
-    fig, axes = plt.subplots(1, len(algorithms), figsize=(3.2 * len(algorithms), 3.2), sharey=True, squeeze=False)
+    # the same learning rates (the grid's nearest to each target) in every panel: one legend serves all
+    fig, axes = plt.subplots(1, len(algorithms), figsize=(3.2 * len(algorithms), 3.6), sharey=True, squeeze=False)
+    targets = (0.01, 0.05, 0.1, 0.2, 0.3)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, algorithm in zip(axes[0], algorithms):
         sub = steps[steps["algorithm"] == algorithm]
         grid = np.sort(sub["lr"].unique())
-        for target in (0.01, 0.05, 0.1, 0.2, 0.3):
+        for target, colour in zip(targets, colours):
             if grid.size == 0:
                 break
             lr = grid[np.abs(np.log(grid / target)).argmin()]
             curve = sub[sub["lr"] == lr].sort_values("step")
-            ax.plot(curve["step"].clip(lower=1), curve["distance"].clip(lower=1e-300), label=f"lr={lr:.3g}")
-        ax.set(xscale="log", yscale="log", title=algorithm, xlabel="step")
+            ax.plot(curve["step"].clip(lower=1), curve["distance"].clip(lower=1e-300), color=colour,
+                    label=f"lr ≈ {target:g}")
+        ax.set(xscale="log", yscale="log", title=algorithm, xlabel="step", ylabel="distance to the saddle")
         ax.set_ylim(1e-30, 1e13)
-    axes[0][0].set_ylabel("distance to saddle")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"distance to the saddle over {int(first['steps'])} steps (log-log; above 1e12: diverged, stopped)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     curve_path = out_dir / f"distance_curves-{run_id}.png"
     fig.savefig(curve_path, dpi=120)
     plt.close(fig)
@@ -224,7 +245,46 @@ def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tupl
         shown = prompts.drop_duplicates("grid")
         grids = [Path(g) for g in shown.assign(at=attempts(shown).map(at)).sort_values(["prompt", "at"])["grid"]]
         lines.append(f"prompt grids ({len(grids)}): {grids[0].parent.parent.parent if grids else ''}")
-    return "\n".join(lines), grids
+    curves = clip_curves(store, trials, out_dir)
+    if curves:
+        lines.append(f"plot: {curves}")
+    return "\n".join(lines), ([curves] if curves else []) + grids
+
+
+def clip_curves(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Training loss and val text->image R@10 per epoch, one line per configuration (mean over its
+    seeds, a band for min..max), one legend for both panels."""
+    from orchestrator import clip_report as compare
+
+    steps = steps_of(store, "clip", trials)
+    if steps.empty or "loss" not in steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label = dict(zip(trials["attempt"], compare.configurations(trials)))
+    steps = steps.assign(configuration=attempts(steps).map(label))
+    panels = [("loss", "training loss (symmetric InfoNCE)")]
+    if "val_t2i_r10" in steps and steps["val_t2i_r10"].notna().any():
+        panels.append(("val_t2i_r10", "val text->image R@10"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels):
+        for name, group in steps.groupby("configuration", sort=False):
+            by_epoch = group.groupby("epoch")[column]
+            mean = by_epoch.mean()
+            line, = ax.plot(mean.index, mean.values, label=name)
+            ax.fill_between(mean.index, by_epoch.min().values, by_epoch.max().values, color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=column, title=title)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
+    path = out_dir / f"curves-{_label(trials)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 REPORTS = {"minimax": minimax_report, "gan": gan_report, "clip": clip_report}

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.cli import main
+from tests.browser import assert_report_renders
 
 TINY = ["--set", "num_lrs=40", "--set", "steps=300"]
 
@@ -155,6 +156,10 @@ def test_html_report_is_self_contained(finished_run, capsys):
     images = html_images(page)
     assert len(images) >= 2 and all(img[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "<h2>minimax</h2>" in page and "(0, 0.25)" in page and "<h3>runs</h3>" in page
+    # headed by its key result in one sentence, numbers in real tables, no best-of distance of ~1e-300
+    assert '<p class="key">The measured stable learning rates match the analytic ones' in page
+    assert page.count('<table class="dataframe sortable">') == 2 and "final_distance" not in page
+    assert_report_renders(finished_run / "report.html")
 
 
 def test_a_run_that_cannot_start_leaves_the_report_as_it_was(finished_run, capsys):

@@ -8,6 +8,7 @@ import pytest
 from orchestrator.cli import main, resolve
 from orchestrator.clip_report import comparison, conclusion, difference
 from orchestrator.spec import SpecError
+from tests.browser import assert_report_renders
 
 
 def test_sweep_is_a_grid_over_the_named_fields_replacing_the_profiles(capsys):
@@ -96,6 +97,10 @@ def test_report_compares_the_pairs_over_seeds(frozen_run, capsys):
     table = comparison(trials)
     assert list(table["seeds"]) == [2, 2]
     assert any(line.startswith("  ranking:") for line in conclusion(trials))
+    assert main(["report", "--results", str(results)]) == 0  # the HTML page: the pairs, curves, prompt grids
+    page = (results / "clip" / ".." / "report.html").resolve().read_text()
+    assert '<p class="key">Best pair efficientnet-lite' in page and page.count("<img") == 1 + 2 * 5
+    assert_report_renders(results / "report.html")
 
 
 def test_clip_trials_log_loss_and_val_recall_to_tensorboard(frozen_run):
