@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
                      help="fifo: every trial runs to its end (default); asha: Tune's ASHA stops trials whose "
                      "per-epoch metric (GAN: FID at the sample epochs; CLIP: val rsum) trails the others' at the "
-                     "same epoch: rows with status STOPPED, kept on resume; pbt (GAN): population based training, "
+                     "same epoch: rows with status STOPPED, kept when an ASHA run resumes; pbt (GAN): population based training, "
                      "at each sample epoch the worst trials copy the best's weights and perturb its lr")
     run.add_argument("--tracker", dest="trackers", action="append", default=[], choices=ray_trackers.TRACKERS,
                      help="also log every trial to an experiment tracker (repeatable): mlflow (params, per-epoch "
@@ -223,8 +223,15 @@ def _scheduler_unfit(name: str, scheduler: str, exp: Experiment) -> str | None:
         return f"{name} reports once per trial, at its end: nothing to compare during training"
     if scheduler == "pbt" and not workload.pbt:
         return f"PBT is offered for the GAN (it perturbs {name}'s nothing); use asha"
-    if scheduler == "pbt" and len(exp.trial_configs()) < 2:
+    configs = exp.trial_configs()
+    if scheduler == "pbt" and len(configs) < 2:
         return "PBT needs a population: at least 2 trials (e.g. --sweep lr=1e-4,2e-4,4e-4)"
+    if scheduler == "pbt":  # an exploit copies weights and optimiser state: the trials must fit each other's
+        other = sorted({f.name for f in dataclasses.fields(configs[0]) if f.name not in (*workload.pbt, "seed")
+                        and len({repr(getattr(c, f.name)) for c in configs}) > 1})
+        if other:
+            return (f"PBT's trials may differ only in {', '.join(workload.pbt)} (and seed): an exploit copies another "
+                    f"trial's weights and optimiser state, which {', '.join(other)} would not fit; run one PBT per value")
     return None
 
 
@@ -295,7 +302,9 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     from orchestrator import ray_backend
 
     keys = {e.study: [trial_key(c) for c in e.trial_configs()] for e in experiments}
-    done = {e.study: pd.DataFrame() if args.fresh else store.finished(e.study, keys[e.study]) for e in experiments}
+    # trials ASHA stopped early are results of an ASHA run; another scheduler runs them to their end
+    done = {e.study: pd.DataFrame() if args.fresh else store.finished(e.study, keys[e.study], e.scheduler == "asha")
+            for e in experiments}
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
         preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here

@@ -15,7 +15,7 @@ import pandas as pd
 from orchestrator import clip_report as compare
 from orchestrator import report
 from orchestrator.registry import WORKLOADS
-from orchestrator.results import ResultStore, StoreError
+from orchestrator.results import FINISHED, ResultStore, StoreError
 from workloads.common import atomic_path
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -96,7 +96,7 @@ def _runs(trials: pd.DataFrame, study: str) -> str:
     """One row per run: its rows, how many finished, and its headline (minimax: converged rows, not a
     best-of distance, which is ~1e-300 for any converged lane)."""
     workload = WORKLOADS[study]
-    ok = trials["status"].isin(["TERMINATED", "STOPPED"])
+    ok = trials["status"] == FINISHED  # a trial stopped early is not a result to rank
     frame = pd.DataFrame({"run": trials["run_id"], "ok": ok})
     if study == "minimax":
         frame["converged"] = trials["converged"].astype(bool) & ok
@@ -116,7 +116,7 @@ def _section(study: str, store: ResultStore, run_id: str | None) -> str | None:
     chosen = run_id if run_id in set(everything["run_id"]) else None
     try:
         text, images = report.study_report(study, store, chosen)
-        trials, _ = store.current(study, chosen)
+        trials, _ = report.split_stopped(store.current(study, chosen)[0])
     except StoreError as exc:
         return f"<h2>{study}</h2><p>{html.escape(str(exc))}</p>"
     trials = trials.assign(attempt=report.attempts(trials))

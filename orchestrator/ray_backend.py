@@ -21,10 +21,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from orchestrator import progress, ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
+from orchestrator import ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
+from orchestrator.progress import Tail as ProgressTail
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
-from orchestrator.results import ABORTED, FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
+from orchestrator.results import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
 from orchestrator.spec import Experiment, Scaling, trial_key
 from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
@@ -385,11 +386,11 @@ def run_experiment(
     def on_end(index: int, trial_id: str, status: str, error: str | None) -> None:
         got = rows.pop(index, None) or _TrialRows()
         if status == FINISHED and "trials" not in got.tables:  # ended before its final report:
-            if collector.key in _FAILED:  # ...stopped by us (a table write failed, nodes never came)
+            if trial_id not in ray_schedulers.EARLY_STOPPED:  # ...stopped by us (a write failed, no nodes came)
                 status, error = ABORTED, error or "stopped before its final report (the run was stopped)"
-            else:  # ...or by the scheduler: its last per-step metrics are its result
+            else:  # ...or by ASHA: its last per-step metrics are its result
                 step = got.last_step.get(workload.step_key, "?")
-                status, error = STOPPED, f"stopped early by {exp.scheduler} after {workload.step_key} {step}"
+                status, error = STOPPED, f"{EARLY} {exp.scheduler} after {workload.step_key} {step}"
                 got.tables["trials"] = [pd.DataFrame([{k: v for k, v in got.last_step.items()
                                                        if k not in (workload.step_key, TABLE_KEY)}])]
         cfg = config_columns(dataclasses.asdict(configs[index]), workload.row_exclude)
@@ -412,12 +413,12 @@ def run_experiment(
 
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
-    if workload.distributed:  # the Train studies log TensorBoard (also when a trial runs single-process)
-        kept = done_before.drop_duplicates("trial_key") if len(done_before) and "attempt" in done_before else pd.DataFrame()
-        tensorboard_view(store.root / exp.study, run_id,
-                         {**dict(zip(kept.get("trial_name", kept.get("trial_key", [])), kept.get("attempt", []))),
-                          **dict(zip(names, bases))}, say)
     say = lambda line: progress(f"[{exp.study}] {line}")  # noqa: E731
+    if workload.distributed:  # the Train studies log TensorBoard (also when a trial runs single-process)
+        kept = done_before.drop_duplicates("trial_key") if len(done_before) and "attempt" in done_before else None
+        kept_names = {} if kept is None else dict(zip(
+            kept["trial_name"].fillna(kept["trial_key"]) if "trial_name" in kept else kept["trial_key"], kept["attempt"]))
+        tensorboard_view(store.root / exp.study, run_id, {**kept_names, **dict(zip(names, bases))}, say)
     # the same for every trial (checked in preflight). PBT trials are plain single-process Tune trials with
     # Tune checkpoints, as in Ray's PBT DCGAN example: PBT exploits by restarting a trial from another's
     # checkpoint, which a Tune trial driving a TorchTrainer does not hold (its reports carry the Train
@@ -466,6 +467,9 @@ def run_experiment(
         run_config=tune.RunConfig(
             name=f"{exp.study}-{run_id}",
             storage_path=storage,
+            # PBT trials checkpoint every epoch and all are kept: an exploit restores the donor's checkpoint of
+            # the moment PBT decided, and the donor may have written (and, with num_to_keep=2, deleted) more
+            # by the time the trial restarts (measured: "Could not recover from checkpoint ... anymore")
             callbacks=[collector, *ray_trackers.callbacks(
                 list(trackers), exp.study, run_id, store.root, artifact_dirs=artifact_dirs, names=names,
                 params=[{**config_columns(dataclasses.asdict(c), workload.row_exclude), "trial_name": n, "trial_key": k}
@@ -476,7 +480,7 @@ def run_experiment(
     )
     started = time.perf_counter()
     try:
-        with watcher, progress.Tail(say, artifact_dirs, names):
+        with watcher, ProgressTail(say, artifact_dirs, names):
             tuner.fit()
     finally:
         failure = _FAILED.pop(collector.key, None)

@@ -7,6 +7,10 @@ and neither acts on a trial's last epoch or its final reports (the trial row, CL
 from __future__ import annotations
 
 from orchestrator.registry import Workload
+
+# trial ids ASHA stopped (the driver reads it when the trial ends: STOPPED, not ABORTED). Module-level:
+# Tune pickles its scheduler with the experiment state; this set stays in the driver process.
+EARLY_STOPPED: set[str] = set()
 from orchestrator.spec import Experiment
 from workloads.runtime import TABLE_KEY
 
@@ -31,10 +35,14 @@ def build(exp: Experiment, workload: Workload, configs: list):
     max_t = max(int(getattr(c, "epochs", 1)) for c in configs)
     step_key = workload.step_key
 
+    def at_the_end(trial, result) -> bool:  # a final report, or the trial's own last epoch
+        last = int(getattr(configs[trial.config["trial"]["index"]], "epochs", max_t))
+        return result.get(TABLE_KEY, "steps") != "steps" or result.get(step_key, 0) >= last
+
     if exp.scheduler == "pbt":
         class PBT(PopulationBasedTraining):
             def on_trial_result(self, tune_controller, trial, result):
-                if result.get(TABLE_KEY, "steps") != "steps" or result.get(step_key, 0) >= max_t:
+                if at_the_end(trial, result):
                     return TrialScheduler.CONTINUE  # nothing to gain from exploiting after the last epoch
                 return super().on_trial_result(tune_controller, trial, result)
 
@@ -56,8 +64,11 @@ def build(exp: Experiment, workload: Workload, configs: list):
 
     class ASHA(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
-            if result.get(TABLE_KEY, "steps") != "steps" or result.get(step_key, 0) >= max_t:
+            if at_the_end(trial, result):
                 return TrialScheduler.CONTINUE  # the final reports, and the last epoch: let the trial end
-            return super().on_trial_result(tune_controller, trial, result)
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP:
+                EARLY_STOPPED.add(trial.trial_id)
+            return decision
 
     return ASHA(time_attr=step_key, metric=metric, mode=mode, max_t=max_t, grace_period=1, reduction_factor=2)

@@ -80,6 +80,11 @@ def _mlflow_class():
             self.params, self.artifact_dirs = params, artifact_dirs
 
         def log_trial_start(self, trial) -> None:
+            # Tune calls this at every (re)start of a trial's actor: under PBT after each exploit, with a
+            # perturbed lr in its config, which MLflow refuses as a changed param ("Changing param values is
+            # not allowed"). So params once per run (the trial's own); the lr per epoch is a metric.
+            if trial in self._trial_runs:
+                return
             super().log_trial_start(trial)  # the run, named by the trial, with Tune's trial config
             self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=self.params[_index(trial)])
 

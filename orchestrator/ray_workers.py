@@ -91,8 +91,8 @@ class _TuneRuntime:
             save_state(checkpoint, tmp)
             # the digest of the state's bytes: a trial that exploits this checkpoint reports the same one
             payload["checkpoint_digest"] = _digest(Path(tmp))
-            origin = {"trial_name": tune.get_context().get_trial_name(), "epoch": metrics.get("epoch"),
-                      "digest": payload["checkpoint_digest"]}
+            origin = {"trial_id": tune.get_context().get_trial_id(), "trial_name": tune.get_context().get_trial_name(),
+                      "epoch": metrics.get("epoch"), "digest": payload["checkpoint_digest"]}
             (Path(tmp) / ORIGIN_FILE).write_text(json.dumps(origin))
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -101,8 +101,9 @@ class _TuneRuntime:
         progress.append(self.artifact_dir, line)
 
     def restore(self):
-        """The state of the trial's Tune checkpoint, if any: its own after a restart, or, under PBT,
-        the better trial's it exploits (the next report names that trial and epoch: restored_from)."""
+        """The state of the trial's Tune checkpoint, if any: its own after a restart (PBT pauses and
+        resumes trials when they outnumber the slots), or the better trial's it exploits under PBT (the
+        next report names that trial and epoch: restored_from, with the state's digest)."""
         if not self.checkpoints:
             return None
         from ray import tune
@@ -114,8 +115,9 @@ class _TuneRuntime:
             state = load_state(directory)
             origin_file = Path(directory) / ORIGIN_FILE
             origin = json.loads(origin_file.read_text()) if origin_file.exists() else {}
-            self.restored = {"restored_from": f"{origin.get('trial_name')}@epoch {origin.get('epoch')}",
-                             "restored_digest": _digest(Path(directory))}
+            if origin.get("trial_id") != tune.get_context().get_trial_id():  # an exploit, not its own state
+                self.restored = {"restored_from": f"{origin.get('trial_name')}@epoch {origin.get('epoch')}",
+                                 "restored_digest": _digest(Path(directory))}
         return state
 
     def barrier(self) -> None:

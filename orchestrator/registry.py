@@ -73,7 +73,7 @@ WORKLOADS: dict[str, Workload] = {
             "steps": _GAN_STEPS,
             "trials": {**_GAN_STEPS, "train_time_s": "float", "resumed_from_epoch": "int", "epochs_done": "int",
                        "generator_path": "str", "classifier_accuracy": "float", "classifier_digest": "str",
-                       "world_size": "int", "generator_params": "int", "discriminator_params": "int"},
+                       "world_size": "int", "generator_params": "int", "discriminator_params": "int", "bf16": "bool"},
         },
     ),
     "clip": Workload(
@@ -85,7 +85,7 @@ WORKLOADS: dict[str, Workload] = {
             "trials": {**_CLIP_STEPS, **_floats(*_RETRIEVAL), "image_params": "int", "text_params": "int",
                        "head_params": "int", "pair": "str", "train_time_s": "float", "world_size": "int",
                        "resumed_from_epoch": "int", "train_images": "int", "val_images": "int", "test_images": "int",
-                       "selected_epoch": "int", "selected_on": "str", "embeddings_path": "str"},
+                       "selected_epoch": "int", "selected_on": "str", "embeddings_path": "str", "bf16": "bool"},
             "prompts": {"pair": "str", "prompt": "str", "rank": "int", "image": "str", "score": "float", "grid": "str"},
         },
         # frozen encoders: only the heads train, in seconds on cached features; a TorchTrainer would

@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.results import ResultStore, StoreError
+from orchestrator.results import STOPPED, ResultStore, StoreError
 
 
 def study_report(study: str, store: ResultStore, run_id: str | None = None) -> tuple[str, list[Path]]:
     """(summary text, images) of a study's current results (for each trial of its latest spec, the
     latest finished rows, whichever run produced them), or of one run; writes the plots."""
     trials, missing = store.current(study, run_id)
+    trials, stopped = split_stopped(trials)
     if trials.empty:
-        raise StoreError(f"no finished trial of {study}'s latest run spec yet ({missing} to run): "
-                         "run it, or pick a run with --run")
+        raise StoreError(f"no finished trial of {study}'s latest run spec yet ({missing} to run"
+                         f"{f', {len(stopped)} stopped early' if len(stopped) else ''}): run it, or pick a run with --run")
     trials = trials.assign(attempt=attempts(trials))
     out_dir = store.root / study / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -26,7 +27,16 @@ def study_report(study: str, store: ResultStore, run_id: str | None = None) -> t
     where = (f"run {run_id}" if run_id else
              f"current results: {trials['trial_key'].nunique()} trials from run{'s' if len(runs) > 1 else ''} "
              f"{', '.join(runs)}" + (f"; {missing} trials of the latest spec not finished yet" if missing else ""))
+    if len(stopped):  # ASHA's early stops are not results to average: named here, left out above
+        names = stopped.get("trial_name", stopped["trial_key"]).fillna(stopped["trial_key"]).unique()
+        text += f"\n{len(names)} trials stopped early by the scheduler (left out above): {', '.join(map(str, names))}"
     return f"{study} ({where})\n{text}", images
+
+
+def split_stopped(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of trials that ran to their end, rows of trials a scheduler stopped early)."""
+    stopped = trials["status"] == STOPPED if "status" in trials else pd.Series(False, index=trials.index)
+    return trials[~stopped].reset_index(drop=True), trials[stopped].reset_index(drop=True)
 
 
 def attempts(frame: pd.DataFrame) -> pd.Series:

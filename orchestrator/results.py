@@ -27,9 +27,10 @@ FORMAT_VERSION = 2  # bump when the table layout changes incompatibly (2: trial 
 MARKER = "orchestrator-results.json"
 TABLES = ("trials", "steps")
 FINISHED = "TERMINATED"  # the status of a trial that ran to its end
-STOPPED = "STOPPED"  # stopped early by the scheduler (ASHA): a result, kept on resume like a finished one
+STOPPED = "STOPPED"  # stopped early by the scheduler (ASHA): a result, kept on resume of an ASHA run
 ABORTED = "ABORTED"  # ended before its final report (the run was stopped): resume runs it again
-DONE = (FINISHED, STOPPED)  # statuses resume keeps
+DONE = (FINISHED, STOPPED)  # statuses that are results (a run exits 0 with them)
+EARLY = "stopped early by"  # the start of a STOPPED row's error (older versions wrote STOPPED for ABORTED)
 
 
 class StoreError(RuntimeError):
@@ -121,10 +122,11 @@ class ResultStore:
     def exists(self, study: str, table: str, name: str) -> bool:
         return (self.table_dir(study, table) / f"{name}.parquet").exists()
 
-    def finished(self, study: str, keys: list[str]) -> pd.DataFrame:
+    def finished(self, study: str, keys: list[str], keep_stopped: bool = False) -> pd.DataFrame:
         """Trial rows among `keys` that finished in an earlier run, each trial's from its latest
-        finished run (a trial may have many rows: minimax writes one per learning rate)."""
-        return latest_finished(self.read(study, "trials"), keys)
+        finished run (a trial may have many rows: minimax writes one per learning rate); with
+        `keep_stopped` (an ASHA run), trials ASHA stopped early count as finished."""
+        return latest_finished(self.read(study, "trials"), keys, keep_stopped)
 
     def current(self, study: str, run_id: str | None = None) -> tuple[pd.DataFrame, int]:
         """(rows, trials missing): by default the study's current results, i.e. for each trial of
@@ -164,11 +166,13 @@ class ResultStore:
         return read_table(self.table_dir(study, table))
 
 
-def latest_finished(table: pd.DataFrame, keys) -> pd.DataFrame:
-    """Rows of finished (or early-stopped) trials among `keys`, each trial's from its latest such run."""
+def latest_finished(table: pd.DataFrame, keys, keep_stopped: bool = True) -> pd.DataFrame:
+    """Rows of finished trials among `keys` (and, with `keep_stopped`, of trials a scheduler stopped
+    early), each trial's from its latest such run."""
     if table.empty or "trial_key" not in table:
         return pd.DataFrame()
-    done = table[table["trial_key"].isin(list(keys)) & table["status"].isin(DONE)]
+    early = (table["status"] == STOPPED) & table.get("error", pd.Series("", index=table.index)).fillna("").str.startswith(EARLY)
+    done = table[table["trial_key"].isin(list(keys)) & ((table["status"] == FINISHED) | (early & keep_stopped))]
     latest = done.groupby("trial_key")["run_id"].transform("max")
     return done[done["run_id"] == latest].reset_index(drop=True)
 

@@ -6,8 +6,8 @@ no trial failed), which pandas merges but DuckDB, Polars and Spark refuse ("sche
 glob"). Now each part is cast to its table's schema: the run's ids, the columns the workload
 reports (registry.Workload.columns), what the workers add, the config fields with their declared
 types; null where a value is absent. A column nobody declared is kept, after the declared ones, so a
-result is never dropped (tests/test_results.py reads every table of real runs with DuckDB, which
-fails on such a column).
+result is never dropped; tests/tables.py checks that real runs write none (every part of a table has
+one schema) and reads every table with DuckDB.
 """
 
 from __future__ import annotations

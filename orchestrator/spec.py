@@ -103,8 +103,11 @@ class Experiment:
         return [config for _, config in self.trial_points()]
 
     def trial_names(self) -> list[str]:
-        """Readable names, e.g. `gan-lr=0.0002,beta1=0.5` (`,seed=43` with several seeds)."""
-        return [sweeps.trial_name(self.study, o, c.seed if self.seeds > 1 else None) for o, c in self.trial_points()]
+        """Readable names, e.g. `gan-lr=0.0002,beta1=0.5` (`,seed=43` with several seeds); names that
+        rounding makes equal (lr=1e-4 and 1.00001e-4) get their trial key's start: names stay unique."""
+        points = self.trial_points()
+        names = [sweeps.trial_name(self.study, o, c.seed if self.seeds > 1 else None) for o, c in points]
+        return [f"{n}#{trial_key(c)[:6]}" if names.count(n) > 1 else n for n, (_, c) in zip(names, points)]
 
     def with_sweep(self, axes: dict[str, str], samples: int | None = None, sample_seed: int = 0) -> "Experiment":
         """`--sweep` axes (grids and random ones, see sweeps.py) -> the trials, replacing the profile's

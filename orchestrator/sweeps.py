@@ -10,7 +10,8 @@
 Values and bounds are parsed with the field's type, like `--set`. Random values are drawn here, once,
 from a generator seeded by the study, the axes and `--sample-seed` (not by the clock): the same command
 draws the same trials, so an interrupted run resumes them, and a larger N keeps the first N draws.
-Floats are rounded to 4 significant digits (a name like `lr=2.371e-04` is the exact value trained).
+Floats are rounded to 4 significant digits, within [A, B) (a name like `lr=0.0002371` is the exact
+value trained).
 The draws are recorded in the run's spec (`runs` table: `params`, `trial_name`).
 """
 
@@ -49,6 +50,13 @@ class Axis:
         if self.kind == "choice":
             return self.values[int(rng.integers(len(self.values)))]
         low, high = self.values
+        for _ in range(100):  # a float rounded onto the open upper bound is drawn again
+            x = self._draw(rng, low, high)
+            if self.hint is int or low <= x < high:
+                return x
+        return float(low)
+
+    def _draw(self, rng: np.random.Generator, low, high) -> Any:
         if self.hint is int:  # integers: uniform over [low, high], or log-uniform then rounded
             if self.kind == "uniform":
                 return int(rng.integers(low, high + 1))
@@ -91,6 +99,8 @@ def parse_axis(name: str, raw: str, hint: Any, parse) -> Axis:
     if len(inner) != 2:
         raise SweepError(f"--sweep {name}={raw}: {kind} takes two bounds, {kind}(LOW,HIGH)")
     low, high = (parse(p) for p in inner)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SweepError(f"--sweep {name}={raw}: the bounds must be finite numbers")
     if not low < high:
         raise SweepError(f"--sweep {name}={raw}: the bounds must satisfy LOW < HIGH")
     if kind == "loguniform" and not low > 0:

@@ -10,11 +10,19 @@ def assert_every_table_reads_in_duckdb(results: Path) -> int:
     one version of the project writes every part with the table's whole schema. Row counts equal
     pandas'. Returns the number of tables read."""
     import duckdb
+    import pyarrow.parquet as pq
+
+    from orchestrator.results import read_table
 
     tables = sorted(p for p in Path(results).glob("*/*.parquet") if p.is_dir())
     assert tables, f"no tables under {results}"
     for table in tables:
+        parts = sorted(p for p in table.glob("*.parquet") if not p.name.startswith("."))
+        schemas = {str(pq.read_schema(p).remove_metadata()) for p in parts}
+        assert len(schemas) == 1, (table, schemas)  # one schema: no part lacks or adds a column
         pattern = str(table / "[!._]*.parquet")  # parts only (never hidden temporaries)
-        rows = duckdb.sql(f"SELECT * FROM read_parquet('{pattern}')").fetchall()  # every column of every part
+        relation = duckdb.sql(f"SELECT * FROM read_parquet('{pattern}')")
+        rows = relation.fetchall()  # every column of every part
         assert len(rows) == len(pd.read_parquet(table)), table
+        assert list(relation.columns) == list(read_table(table).columns), table
     return len(tables)

@@ -186,6 +186,5 @@ def test_pbt_exploits_by_copying_the_better_trials_weights(ray_session, data_dir
         donor = steps[(steps["trial_name"] == donor_name) & (steps["epoch"] == int(donor_epoch))]
         assert list(donor["checkpoint_digest"]) == [row["restored_digest"]]  # the donor's very weights
         assert row["epoch"] == int(donor_epoch) + 1  # training went on from the donor's epoch
-        before = steps[(steps["trial_name"] == row["trial_name"]) & (steps["epoch"] < row["epoch"])]
-        assert row["lr"] not in set(before["lr"])  # ...with a perturbed learning rate
+        assert row["lr"] != donor["lr"].iloc[0]  # ...with the donor's learning rate perturbed
     assert_every_table_reads_in_duckdb(results)

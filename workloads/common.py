@@ -54,12 +54,14 @@ def build_lock(path: str | os.PathLike):
 
 
 def native_bf16(device) -> bool:
-    """Does `device` run bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels;
-    elsewhere bf16 on a CPU is emulated and no faster than fp32)?"""
+    """Does `device` run bf16 natively: a CUDA GPU with bf16 (Ampere and later; not T4/V100), or a CPU
+    with AVX512-BF16 or AMX (oneDNN's bf16 kernels; elsewhere bf16 is emulated and no faster than fp32)?"""
     import torch
 
     kind = torch.device(device).type
-    return kind == "cuda" or (kind == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere on
+    return kind == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def bf16_autocast(device, enabled: bool = True):

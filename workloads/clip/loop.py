@@ -269,6 +269,8 @@ def train_loop(config: Config, runtime) -> None:
                      test_images=len(test.images), train_images=len(train.images),
                      val_images=len(val.images) if val is not None else 0, selected_epoch=selected,
                      selected_on="val rsum" if val is not None else "last epoch (no val split)",
+                     # bf16 forwards: frozen features (amp, a device with native bf16), or training on GPU
+                     bf16=bool(feats and config.amp and native_bf16(device)) or not isinstance(autocast, contextlib.nullcontext),
                      temperature=embeddings["scale"])
         out = Path(runtime.artifact_dir)
         final["embeddings_path"] = str(save_embeddings(out / "test_embeddings.npz", embeddings, test))

@@ -195,6 +195,7 @@ def train_loop(config: Config, runtime) -> None:
             train_time_s=time.perf_counter() - started, resumed_from_epoch=state["epoch"] if state else 0,
             epochs_done=config.epochs, generator_path=str(out_dir / "generator.pt"),
             classifier_accuracy=scorer.accuracy, classifier_digest=scorer.digest, world_size=runtime.world_size,
+            bf16=not isinstance(autocast, contextlib.nullcontext),  # amp on a device with native bf16
             generator_params=sum(p.numel() for p in g.parameters()),
             discriminator_params=sum(p.numel() for p in d.parameters()),
         )
