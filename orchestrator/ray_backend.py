@@ -377,9 +377,13 @@ def run_experiment(
             store.write(exp.study, "steps", f"{bases[index]}-{step:06d}", frame.assign(**ids(index, trial_id)),
                         schema("steps"))
             rows[index].last_step = frame.iloc[0].to_dict()
-            shown = {k: frame[k].iloc[0] for k in (workload.metric, "loss", "loss_d", "loss_g") if k in frame}
-            progress(f"[{exp.study}] {names[index]} {workload.step_key} {step}: "
-                     + "  ".join(f"{k}={v:.4g}" for k, v in shown.items() if v == v))
+            shown = {k: frame[k].iloc[0] for k in (workload.metric, *(workload.early_stop or ())[:1], "loss", "loss_d",
+                                                   "loss_g") if k in frame}
+            total = int(getattr(configs[index], "epochs", 0) or 0)
+            seconds = float(frame["epoch_time_s"].iloc[0]) if "epoch_time_s" in frame else float("nan")
+            left = f"  (~{seconds * (total - step):.0f} s left)" if total and seconds == seconds and step < total else ""
+            progress(f"[{exp.study}] {names[index]} {workload.step_key} {step}{f'/{total}' if total else ''}: "
+                     + "  ".join(f"{k}={v:.4g}" for k, v in shown.items() if v == v) + left)
             return
         rows[index].tables.setdefault(table, []).append(frame)
 

@@ -1,0 +1,62 @@
+"""The Ray dashboard a run starts shows its Train runs: Train V2's state API (which needs
+RAY_TRAIN_ENABLE_STATE_TRACKING=1 where the TorchTrainer is built) lists the GAN trial, by the name
+the README gives (STUDY-TRIALKEY), while the run is going. A real run, its own local Ray."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from orchestrator.cli import resolve
+from orchestrator.spec import trial_key
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ["train_images=256", "epochs=3", "sample_epochs=3", "fid_images=200", "num_workers=2"]
+
+
+def train_runs(url: str) -> list[dict]:
+    try:
+        with urllib.request.urlopen(f"{url}/api/train/v2/runs/v1", timeout=5) as response:
+            body = json.loads(response.read())
+    except (OSError, ValueError):
+        return []
+    return body.get("train_runs", []) if isinstance(body, dict) else []
+
+
+def test_the_dashboard_lists_the_runs_train_runs_by_trial(data_dir, gan_cache, tmp_path):
+    (exp,) = resolve("gan", "local", SETTINGS, say=lambda _: None)
+    expected = f"gan-{trial_key(exp.trial_configs()[0])}"
+    cmd = [sys.executable, "-m", "orchestrator", "run", "gan", "--results", str(tmp_path), "--data-dir", data_dir,
+           "--set", f"cache_dir={gan_cache}", *(arg for s in SETTINGS for arg in ("--set", s))]
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}  # its own Ray; no token in tests
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    seen, lines = [], []
+    try:
+        url = None
+        deadline = time.time() + 300
+        while time.time() < deadline and run.poll() is None:
+            line = run.stdout.readline()
+            lines.append(line)
+            found = re.search(r"Ray dashboard: (http://\S+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "".join(lines)[-3000:]
+        import threading
+
+        threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True).start()  # keep the pipe drained
+        while time.time() < deadline and run.poll() is None and not seen:
+            seen = [r for r in train_runs(url) if r.get("name") == expected]
+            time.sleep(1)
+        assert seen, (expected, train_runs(url), "".join(lines)[-3000:])  # asked while the run was going
+        assert run.wait(timeout=300) == 0, "".join(lines)[-3000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait()
+    assert seen[0].get("status") in ("INITIALIZING", "SCHEDULING", "RUNNING", "FINISHED"), seen[0]
