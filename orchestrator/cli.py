@@ -195,7 +195,8 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
         if swept[name]:
             draws = f", {samples} draws" if randomised else ""
             say(f"[{name}] --sweep {' x '.join(f'{k}={v}' for k, v in swept[name].items())}{draws}: "
-                f"{len(exp.trial_configs()) // exp.seeds} configurations (replacing the {profile} profile's {before})"
+                f"{(n := len(exp.trial_configs()) // exp.seeds)} configuration{'s' * (n != 1)} (replacing the {profile} "
+                f"profile's {before})"
                 f"{f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}")
         if scheduler != "fifo":
             why = _scheduler_unfit(name, scheduler, exp)
@@ -348,7 +349,8 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     print(f"\nrun {run_id} ({args.profile}):")
     for study, text in summary:
         print(f"  {study:<{width}}  {text}")
-    print(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report")
+    where = "" if str(store.root) == DEFAULT_RESULTS else f" --results {store.root}"
+    print(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report{where}")
     return 1 if failed else 0
 
 

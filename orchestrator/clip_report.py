@@ -128,11 +128,13 @@ def conclusion(trials: pd.DataFrame) -> list[str]:
     order = means.apply(np.mean).sort_values(ascending=False)
     ranked = []
     for higher, lower in zip(order.index, order.index[1:]):
-        _, _, real = difference(pd.Series(means[lower]), pd.Series(means[higher]))
-        ranked.append(f"{higher} {'>' if real else '~'} ")
-    lines.append("  ranking: " + "".join(ranked) + str(order.index[-1]) + "   (>: beyond seed noise; ~: within it)")
-    lines.append("  the study's claims: the pair with the largest image encoder won (A > C > B), and a larger text "
-                 "encoder did not rescue a small image encoder: the image side matters most")
+        _, se, real = difference(pd.Series(means[lower]), pd.Series(means[higher]))
+        ranked.append(f"{higher} {'>' if real else '~' if se == se else '?'} ")
+    lines.append("  ranking: " + "".join(ranked) + str(order.index[-1])
+                 + "   (>: beyond seed noise; ~: within it; ?: one seed, not tested)")
+    lines.append("  the study's claims: the pair with the largest image encoder won (A: ResNet-50 + DistilBERT > "
+                 "C: ResNet-34 + RoBERTa > B: ResNet-18 + BERT), and a larger text encoder did not rescue a small "
+                 "image encoder: the image side matters most")
     return lines
 
 

@@ -101,7 +101,7 @@ EXPERIMENTS: dict[str, dict[str, Experiment]] = {
             study="clip", profile="local",
             summary="Tune fan-out over 3 encoder pairs x 3 seeds on the official Flickr8k split (3000 train, 1000 val, "
             "1000 test): EfficientNet-Lite0/1/2 + all-MiniLM-L6-v2, pretrained offline weights, frozen (features cached "
-            "per encoder), heads trained 40 epochs, the epoch chosen on val, test once (~6 min with feature "
+            "per encoder), heads trained 40 epochs, the epoch chosen on val, test once (~6-7 min with feature "
             "extraction in bf16, ~2.5 min once cached)",
             config=clip.Config(image_model=LITE[0], text_model=MINILM, **OFFLINE_ENCODERS, train_image_encoder=False,
                                # chosen on val (Lite2 + MPNet): batch 1500 of the 3000 images (more negatives per

@@ -212,8 +212,8 @@ def _collector_classes():
         in `failure` rather than raised (Tune would wrap it in a traceback); the stopper below then
         ends the run and run_experiment raises it as one line."""
 
-        def __init__(self, key: str, on_result: Callable, on_end: Callable) -> None:
-            self.key, self.on_result, self.on_end = key, on_result, on_end
+        def __init__(self, key: str, on_result: Callable, on_end: Callable, on_start: Callable) -> None:
+            self.key, self.on_result, self.on_end, self.on_start = key, on_result, on_end, on_start
             self.failure: StoreError | None = None
 
         def _guard(self, fn, *args) -> None:
@@ -228,6 +228,9 @@ def _collector_classes():
             metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS}
             self._guard(self.on_result, trial.config["trial"]["index"], metrics, result.get(TABLE_KEY, "steps"), result,
                         trial.trial_id)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._guard(self.on_start, trial.config["trial"]["index"], trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._guard(self.on_end, trial.config["trial"]["index"], trial.trial_id, FINISHED, None)
@@ -448,7 +451,11 @@ def run_experiment(
         )
         concurrent = exp.scaling.max_concurrent_trials or fits
     collector_cls, stopper_cls = _collector_classes()
-    collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end)
+    def on_start(index: int, trial_id: str) -> None:
+        where = f"{exp.scaling.num_workers} Train workers" if distributed else "one process"
+        progress(f"[{exp.study}] {names[index]}: started ({trial_id}, {where})")
+
+    collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end, on_start)
     stopper = stopper_cls(collector.key)
     types = ray_cluster.cluster_node_types(joined)
     watcher = ray_cluster.Watcher(say, exp.scaling.max_wait_s, types[0] if types else None,
@@ -477,7 +484,8 @@ def run_experiment(
             callbacks=[collector, *ray_trackers.callbacks(
                 list(trackers), exp.study, run_id, store.root, artifact_dirs=artifact_dirs, names=names,
                 params=[{**config_columns(dataclasses.asdict(c), workload.row_exclude), "trial_name": n, "trial_key": k}
-                        for c, n, k in zip(configs, names, keys)], tracking_uri=tracking_uri)],
+                        for c, n, k in zip(configs, names, keys)], tracking_uri=tracking_uri,
+                step_key=workload.step_key, say=say)],
             stop=stopper,
             verbose=0,
         ),

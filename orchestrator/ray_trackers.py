@@ -35,7 +35,8 @@ def check_installed(trackers: list[str]) -> None:
 
 
 def callbacks(trackers: list[str], study: str, run_id: str, results: Path, params: list[dict], names: list[str],
-              artifact_dirs: list[str], tracking_uri: str | None = None) -> list:
+              artifact_dirs: list[str], tracking_uri: str | None = None, step_key: str | None = None,
+              say=print) -> list:
     """The Tune callbacks for `trackers`. `params[i]`, `names[i]`, `artifact_dirs[i]`: trial i's whole
     config (flat scalars), readable name and artifact folder (Tune's trial config holds i)."""
     out = []
@@ -43,14 +44,16 @@ def callbacks(trackers: list[str], study: str, run_id: str, results: Path, param
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (results / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        out.append(_mlflow_class()(params, artifact_dirs, tracking_uri=uri, experiment_name=study,
+        out.append(_mlflow_class()(params, artifact_dirs, step_key, tracking_uri=uri, experiment_name=study,
                                    tags={"orchestrator_run_id": run_id, "study": study}))
+        say(f"MLflow: {uri} (experiment {study})")
     if "wandb" in trackers:
         folder = results.resolve() / "wandb"
         folder.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for an API key unless offline
         out.append(_wandb_class()(params, names, artifact_dirs, project=study, group=run_id, dir=str(folder),
                                   mode=os.environ["WANDB_MODE"]))
+        say(f"W&B ({os.environ['WANDB_MODE']}): {folder / 'wandb'} (project {study}, group {run_id})")
     return out
 
 
@@ -75,9 +78,17 @@ def _mlflow_class():
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class MLflowCallback(MLflowLoggerCallback):
-        def __init__(self, params: list[dict], artifact_dirs: list[str], **kwargs) -> None:
+        def __init__(self, params: list[dict], artifact_dirs: list[str], step_key: str | None, **kwargs) -> None:
             super().__init__(**kwargs)
-            self.params, self.artifact_dirs = params, artifact_dirs
+            self.params, self.artifact_dirs, self.step_key = params, artifact_dirs, step_key
+
+        def log_trial_result(self, iteration, trial, result) -> None:
+            # the study's step (the epoch) as MLflow's step, not Tune's report count (which the trial's
+            # extra reports and PBT's restarts shift); the trial's final row lands at its chosen epoch
+            step = result.get(self.step_key) if self.step_key else None
+            if step is None or trial not in self._trial_runs:
+                return super().log_trial_result(iteration, trial, result)
+            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=result, step=int(step))
 
         def log_trial_start(self, trial) -> None:
             # Tune calls this at every (re)start of a trial's actor: under PBT after each exploit, with a

@@ -88,17 +88,24 @@ def minimax_ranges(trials: pd.DataFrame) -> pd.DataFrame:
     radius < 1), and at how many grid points the two disagree."""
     from workloads import minimax
 
-    first = trials.iloc[0]
-    cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
+    games = [c for c in GAME if c in trials]
+    several = len(trials.groupby(games)) > 1  # a sweep over the game's settings: one block per game
     rows = []
-    for algorithm in [a for a in minimax.ALGORITHMS if a in set(trials["algorithm"])]:
-        sub = trials[trials["algorithm"] == algorithm].sort_values("lr")
-        lrs, ok = sub["lr"].to_numpy(), sub["converged"].to_numpy(bool)
-        agree = (sub["spectral_radius"].to_numpy() < 1) == ok
-        rows.append({"algorithm": algorithm, "measured": _grid_ranges(lrs, ok),
-                     "analytic": _interval_text(minimax.stable_intervals(cfg, algorithm, float(lrs.max()))),
-                     "grid points": len(sub), "converged": int(ok.sum()), "disagree": int((~agree).sum())})
+    for game, rows_of_game in trials.groupby(games, sort=False):
+        first = rows_of_game.iloc[0]
+        cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
+        for algorithm in [a for a in minimax.ALGORITHMS if a in set(rows_of_game["algorithm"])]:
+            sub = rows_of_game[rows_of_game["algorithm"] == algorithm].sort_values("lr")
+            lrs, ok = sub["lr"].to_numpy(), sub["converged"].to_numpy(bool)
+            agree = (sub["spectral_radius"].to_numpy() < 1) == ok
+            row = {"game": " ".join(f"{k}={v:g}" for k, v in zip(games, game))} if several else {}
+            rows.append({**row, "algorithm": algorithm, "measured": _grid_ranges(lrs, ok),
+                         "analytic": _interval_text(minimax.stable_intervals(cfg, algorithm, float(lrs.max()))),
+                         "grid points": len(sub), "converged": int(ok.sum()), "disagree": int((~agree).sum())})
     return pd.DataFrame(rows)
+
+
+GAME = ("a", "b", "c", "x0", "y0", "steps")  # a minimax trial's game: its ranges are read within one
 
 
 def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
@@ -118,10 +125,17 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
         f"start ({first['x0']:g}, {first['y0']:g}), T = {int(first['steps'])}",
         f"{'algorithm':<14} {'stable lrs on the grid (measured)':<40} stable lrs (analytic, rho < 1)",
     ]
-    for row in minimax_ranges(trials).itertuples():
-        lines.append(f"{row.algorithm:<14} {row.measured:<40} {row.analytic}")
-        if row.disagree:
-            lines.append(f"{'':<14} measured and analytic disagree at {row.disagree} grid points")
+    ranges = minimax_ranges(trials)
+    for row in ranges.to_dict("records"):
+        lines.append(f"{row['algorithm']:<14} {row['measured']:<40} {row['analytic']}"
+                     + (f"   [{row['game']}]" if "game" in row else ""))
+        if row["disagree"]:
+            lines.append(f"{'':<14} measured and analytic disagree at {row['disagree']} grid points")
+    if "game" in ranges:
+        lines.append(f"{ranges['game'].nunique()} games (a sweep over their settings): each range is read within its "
+                     "game; the plots show the first")
+        trials = trials[(trials[[c for c in GAME if c in trials]] == trials.iloc[0][[c for c in GAME if c in trials]])
+                        .all(axis=1)]
 
     # convergence map: one band per algorithm, colour = log10 distance to the saddle after T steps
     fig, ax = plt.subplots(figsize=(10, 1 + 0.6 * len(algorithms)))

@@ -80,6 +80,8 @@ def parse_axis(name: str, raw: str, hint: Any, parse) -> Axis:
     if typing.get_origin(hint) is tuple:
         raise SweepError(f"--sweep {name}: a list-valued setting cannot be swept (set it with --set)")
     call = _CALL.match(raw)
+    if call is None and "(" in raw:
+        raise SweepError(f"--sweep {name}={raw}: unbalanced parentheses; expected e.g. {name}=loguniform(A,B)")
     if call is None:  # a grid: V1,V2,...
         parts = [part.strip() for part in raw.split(",") if part.strip()]
         if not parts:

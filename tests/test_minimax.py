@@ -127,3 +127,21 @@ def test_lr_grid_is_dense_and_covers_the_range():
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         Config(**bad)
+
+
+def test_report_reads_each_games_ranges_within_that_game():
+    """A sweep over the game's coefficients: each algorithm's analytic range is that game's, never the first's."""
+    import pandas as pd
+
+    from orchestrator.report import minimax_ranges
+
+    rows = []
+    for a in (4.0, 2.0):
+        config = minimax.Config(a=a, c=-a, lrs=tuple(np.linspace(0.01, 0.6, 60)), algorithms=("gda",), steps=200)
+        for lr in config.lrs:
+            rho = float(minimax.spectral_radius(config, "gda", np.array([lr]))[0])
+            rows.append({"a": a, "b": 0.0, "c": -a, "x0": 1.0, "y0": 1.0, "steps": 200, "algorithm": "gda", "lr": lr,
+                         "converged": rho < 1, "spectral_radius": rho})
+    ranges = minimax_ranges(pd.DataFrame(rows))
+    assert list(ranges["game"]) == ["a=4 b=0 c=-4 x0=1 y0=1 steps=200", "a=2 b=0 c=-2 x0=1 y0=1 steps=200"]
+    assert list(ranges["analytic"]) == ["(0, 0.25)", "(0, 0.5)"] and (ranges["disagree"] == 0).all()

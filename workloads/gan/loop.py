@@ -141,7 +141,12 @@ def train_loop(config: Config, runtime) -> None:
         epoch_start = time.perf_counter()
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
         pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
-        for (real,) in loader:
+        say, said = getattr(runtime, "say", None), time.perf_counter()
+        for i, (real,) in enumerate(loader, start=1):
+            if say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
+                said, done = time.perf_counter(), time.perf_counter() - epoch_start
+                say(f"epoch {epoch}/{config.epochs}: step {i}/{len(loader)} (~{done / i * (len(loader) - i):.0f} s left "
+                    "in the epoch)")
             real = real.to(device).contiguous(memory_format=layout)
             b = real.size(0)
             z = torch.randn(b, config.latent_dim, device=device, generator=rng.noise)  # this rank's own noise

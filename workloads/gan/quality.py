@@ -50,15 +50,17 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: in
         started = time.perf_counter()
         for epoch in range(1, epochs + 1):
             model.train()
+            total, seen = 0.0, 0
             for idx in torch.randperm(len(x), generator=generator).split(batch):
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 schedule.step()
+                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
             if say:
                 elapsed = time.perf_counter() - started
-                say(f"FID classifier epoch {epoch}/{epochs}: loss {float(loss):.3f} ({elapsed:.0f} s, "
+                say(f"FID classifier epoch {epoch}/{epochs}: mean loss {total / seen:.3f} ({elapsed:.0f} s, "
                     f"~{elapsed / epoch * (epochs - epoch):.0f} s left)")
     return model.eval()
 
@@ -75,7 +77,7 @@ def load_classifier(data_dir: str = "", cache_dir: str = "", epochs: int = 4, sa
                 x, y = data.load(data_dir, cache_dir, train=True)
                 if say:
                     say(f"training the FID classifier once for this cache ({epochs} epochs on {len(x)} images, "
-                        "~40 s on 2 cores)")
+                        "~1 min on 2 cores)")
                 model = train_classifier(x, y, epochs, say=say)
                 xt, yt = data.load(data_dir, cache_dir, train=False)
                 with torch.no_grad():
