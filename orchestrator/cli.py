@@ -418,7 +418,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.study not in EXPERIMENTS:
         raise SpecError(f"unknown study {args.study!r}; choose from {', '.join(studies())}")
     store.open_for_reading()
-    print(report.study_report(args.study, store, args.run_id)[0])
+    print(report.study_report(args.study, store, args.run_id)[0])  # (text, images, rows)
     return 0
 
 

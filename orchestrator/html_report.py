@@ -115,11 +115,9 @@ def _section(study: str, store: ResultStore, run_id: str | None) -> str | None:
         return None
     chosen = run_id if run_id in set(everything["run_id"]) else None
     try:
-        text, images = report.study_report(study, store, chosen)
-        trials, _ = report.split_stopped(store.current(study, chosen)[0])
+        text, images, trials = report.study_report(study, store, chosen)  # its rows: finished, with `attempt`
     except StoreError as exc:
         return f"<h2>{study}</h2><p>{html.escape(str(exc))}</p>"
-    trials = trials.assign(attempt=report.attempts(trials))
     key, tables = KEYS[study](trials)
     images = [p for p in images if p.exists()]
     plots = [p for p in images if "prompts" not in p.parts and "samples" not in p.parts]

@@ -339,14 +339,13 @@ def run_experiment(
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # ...so the ResultGrid that fit() returns finds no result files: it says so per trial; we never read it
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    all_configs, all_names = exp.trial_configs(), exp.trial_names()
     done_before = pd.DataFrame() if done_before is None or fresh else done_before
     skip = set(done_before["trial_key"]) if len(done_before) else set()
-    names = [n for n, c in zip(all_names, all_configs) if trial_key(c) not in skip]
-    params = [o for (o, c) in exp.trial_points() if trial_key(c) not in skip]
-    configs = [c for c in all_configs if trial_key(c) not in skip]
+    points = list(zip(exp.trial_points(), exp.trial_names()))
+    pending = [(o, c, n) for (o, c), n in points if trial_key(c) not in skip]  # (sweep values, config, name)
+    params, configs, names = ([p[i] for p in pending] for i in range(3))
     if skip:
-        progress(f"[{exp.study}] {len(all_configs) - len(configs)}/{len(all_configs)} trials already finished: "
+        progress(f"[{exp.study}] {len(points) - len(configs)}/{len(points)} trials already finished: "
                  f"kept{'' if configs else ', nothing to run'} (--fresh reruns them)")
     if not configs:
         return done_before

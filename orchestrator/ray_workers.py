@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator import progress
 from orchestrator.provenance import package_version
 from orchestrator.spec import Scaling
-from workloads.runtime import REPLAY_KEY, TABLE_KEY, load_state, save_state, table_of
+from workloads.runtime import REPLAY_KEY, STATE_FILE, TABLE_KEY, load_state, save_state, table_of
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
 ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch and state digest (see _TuneRuntime)
@@ -132,8 +132,6 @@ class _TuneRuntime:
 
 def _digest(directory: Path) -> str:
     import hashlib
-
-    from workloads.runtime import STATE_FILE
 
     return hashlib.sha1((directory / STATE_FILE).read_bytes()).hexdigest()[:16]
 

@@ -11,9 +11,10 @@ import pandas as pd
 from orchestrator.results import STOPPED, ResultStore, StoreError
 
 
-def study_report(study: str, store: ResultStore, run_id: str | None = None) -> tuple[str, list[Path]]:
-    """(summary text, images) of a study's current results (for each trial of its latest spec, the
-    latest finished rows, whichever run produced them), or of one run; writes the plots."""
+def study_report(study: str, store: ResultStore, run_id: str | None = None) -> tuple[str, list[Path], pd.DataFrame]:
+    """(summary text, images, the trial rows they summarise) of a study's current results (for each trial
+    of its latest spec, the latest finished rows, whichever run produced them), or of one run; writes the
+    plots. Trials a scheduler stopped early are named in the text, not summarised."""
     trials, missing = store.current(study, run_id)
     trials, stopped = split_stopped(trials)
     if trials.empty:
@@ -30,7 +31,7 @@ def study_report(study: str, store: ResultStore, run_id: str | None = None) -> t
     if len(stopped):  # ASHA's early stops are not results to average: named here, left out above
         names = stopped.get("trial_name", stopped["trial_key"]).fillna(stopped["trial_key"]).unique()
         text += f"\n{len(names)} trials stopped early by the scheduler (left out above): {', '.join(map(str, names))}"
-    return f"{study} ({where})\n{text}", images
+    return f"{study} ({where})\n{text}", images, trials
 
 
 def split_stopped(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -88,7 +89,7 @@ def minimax_ranges(trials: pd.DataFrame) -> pd.DataFrame:
     radius < 1), and at how many grid points the two disagree."""
     from workloads import minimax
 
-    games = [c for c in GAME if c in trials]
+    games = _game_columns(trials)
     several = len(trials.groupby(games)) > 1  # a sweep over the game's settings: one block per game
     rows = []
     for game, rows_of_game in trials.groupby(games, sort=False):
@@ -105,7 +106,8 @@ def minimax_ranges(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-GAME = ("a", "b", "c", "x0", "y0", "steps")  # a minimax trial's game: its ranges are read within one
+def _game_columns(trials: pd.DataFrame) -> list[str]:
+    return [c for c in ("a", "b", "c", "x0", "y0", "steps") if c in trials]  # a game: its ranges are read within one
 
 
 def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
@@ -134,8 +136,8 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
     if "game" in ranges:
         lines.append(f"{ranges['game'].nunique()} games (a sweep over their settings): each range is read within its "
                      "game; the plots show the first")
-        trials = trials[(trials[[c for c in GAME if c in trials]] == trials.iloc[0][[c for c in GAME if c in trials]])
-                        .all(axis=1)]
+        games = _game_columns(trials)
+        trials = trials[(trials[games] == trials.iloc[0][games]).all(axis=1)]
 
     # convergence map: one band per algorithm, colour = log10 distance to the saddle after T steps
     fig, ax = plt.subplots(figsize=(10, 1 + 0.6 * len(algorithms)))

@@ -85,11 +85,16 @@ def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, devi
                                  autocast=autocast)
 
 
+def features_in_bf16(config: Config, device) -> bool:
+    """Are frozen features extracted under bf16 autocast here (amp, a device with native bf16)?"""
+    return config.amp and native_bf16(device)
+
+
 def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normalise, device, runtime) -> dict:
     """Frozen encoders: {split: (image features, caption features)}, from the per-encoder cache
     (rank 0 extracts what is missing; the other ranks read its files once it is done)."""
     say = getattr(runtime, "say", None)
-    bf16 = config.amp and native_bf16(device)  # ~2x faster extraction; part of the cache key
+    bf16 = features_in_bf16(config, device)  # ~2x faster extraction; part of the cache key
     autocast = bf16_autocast(device, bf16)
 
     def prefixed(encoder: str, name: str):  # "efficientnet-lite0, train: images 640/3000 (55/s, ~43 s left)"
@@ -270,7 +275,7 @@ def train_loop(config: Config, runtime) -> None:
                      val_images=len(val.images) if val is not None else 0, selected_epoch=selected,
                      selected_on="val rsum" if val is not None else "last epoch (no val split)",
                      # bf16 forwards: frozen features (amp, a device with native bf16), or training on GPU
-                     bf16=bool(feats and config.amp and native_bf16(device)) or not isinstance(autocast, contextlib.nullcontext),
+                     bf16=bool(feats and features_in_bf16(config, device)) or not isinstance(autocast, contextlib.nullcontext),
                      temperature=embeddings["scale"])
         out = Path(runtime.artifact_dir)
         final["embeddings_path"] = str(save_embeddings(out / "test_embeddings.npz", embeddings, test))
