@@ -2,6 +2,7 @@
 run's spec, readable trial names, and ASHA stopping trials early (rows STOPPED, kept on resume)."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -154,7 +155,15 @@ def test_trackers_hold_one_run_per_trial_offline(ray_session, data_dir, tmp_path
 
     offline = sorted((results / "wandb" / "wandb").glob("offline-run-*"))
     assert len(offline) == len(trials)  # one W&B run per trial, syncable later with `wandb sync`
-    records = b"".join(next(run.glob("*.wandb")).read_bytes() for run in offline)  # W&B's protobuf log
+    # W&B's protobuf logs, written by its own service process, which may still be flushing when the run
+    # returns (seen once on a loaded CI machine): read them until every trial's name is there, up to 60 s
+    wanted = [name.encode() for name in trials["trial_name"]]
+    deadline = time.time() + 60
+    while True:
+        records = b"".join(next(run.glob("*.wandb")).read_bytes() for run in offline)
+        if all(name in records for name in wanted) or time.time() > deadline:
+            break
+        time.sleep(1)
     for name in trials["trial_name"]:
         assert name.encode() in records  # the run's name...
     assert all(key in records for key in (b"image_model", b"trial_key", b"val_rsum"))  # ...config and metrics
