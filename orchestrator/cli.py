@@ -35,8 +35,15 @@ RESULTS_ENV = "ORCHESTRATOR_RESULTS"  # the default results directory (cluster.y
 DEFAULT_RESULTS = os.environ.get(RESULTS_ENV) or "results"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to look), not the usage block and the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m orchestrator",
         description="Reproduce the minimax / GAN / CLIP study at scale on Ray: Tune fans out trials, Train runs "
         "DDP, every result lands in Parquet tables under --results.",
@@ -162,7 +169,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # BackendError and friends: still one line, never a traceback wall
-        from orchestrator.ray_backend import BackendError
+        from orchestrator.ray_session import BackendError
 
         if isinstance(exc, BackendError):
             print(f"error: {exc}", file=sys.stderr)
@@ -275,7 +282,7 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
 def _run(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or ""
     if address.startswith("ray://"):
-        from orchestrator.ray_backend import CLIENT_REFUSED
+        from orchestrator.ray_session import CLIENT_REFUSED
 
         raise SpecError(CLIENT_REFUSED)
     experiments = resolve(args.study, args.profile, args.overrides, args.data_dir, args.sweeps, args.seeds,
@@ -300,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: ResultStore, run_id: str) -> int:
-    from orchestrator import ray_backend
+    from orchestrator import ray_backend, ray_session
 
     keys = {e.study: [trial_key(c) for c in e.trial_configs()] for e in experiments}
     # trials ASHA stopped early are results of an ASHA run; another scheduler runs them to their end
@@ -327,9 +334,9 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             study, text = _summary(exp, done[exp.study], 0)
             print(f"  {study:<8} {text}")
         return 0
-    local = not (args.address or os.environ.get("RAY_ADDRESS") or ray_backend.ray_is_up())
+    local = not (args.address or os.environ.get("RAY_ADDRESS") or ray_session.ray_is_up())
     with interrupts.starting_ray(local):
-        session = ray_backend.start(args.address, dashboard=not args.no_dashboard)
+        session = ray_session.start(args.address, dashboard=not args.no_dashboard)
     record_spec()
     failed, summary = 0, []
     try:
@@ -344,7 +351,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             failed += int((~trials["status"].isin(DONE)).sum()) if len(trials) else 0
             summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:
-        ray_backend.stop(session)
+        ray_session.stop(session)
     width = max(len(line[0]) for line in summary)
     print(f"\nrun {run_id} ({args.profile}):")
     for study, text in summary:
@@ -376,16 +383,46 @@ def _say_other_versions(study: str, done: pd.DataFrame) -> None:
 
 
 def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
-    """(study, one line): rows ok, the best value of the study's metric, time."""
+    """(study, one line): rows ok, the study's headline (the best value of its metric, or how many rows
+    have its headline_count true), time."""
     workload = WORKLOADS[exp.study]
     if not len(trials) or workload.metric not in trials:
         return exp.study, f"no results ({seconds:.0f} s)"
     ok = trials[trials["status"] == FINISHED]
-    best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
+    if workload.headline_count:
+        headline = f"{int(ok[workload.headline_count].astype(bool).sum())}/{len(ok)} {workload.headline_count}"
+    else:
+        best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
+        headline = f"best {workload.metric} ({'lowest' if workload.mode == 'min' else 'highest'}) = {best:.4g}"
     stopped = int((trials["status"] == STOPPED).sum())
     early = f" ({stopped} stopped early by {exp.scheduler})" if stopped else ""
-    return exp.study, (f"{len(ok)}/{len(trials)} rows ok{early}   best {workload.metric} ({workload.mode}) = {best:.4g}"
-                       f"   {seconds:.0f} s")
+    return exp.study, f"{len(ok)}/{len(trials)} rows ok{early}   {headline}   {seconds:.0f} s"
+
+
+TRAIN_ONLY = ("num_workers", "use_gpu", "gpus_per_worker", "max_failures", "sync_bn")  # Scaling fields of Train runs
+
+
+def field_comments(cls) -> dict[str, str]:
+    """{field: the comment on its line} of a dataclass's source: what `list` shows next to each setting
+    (the comments are the settings' one documentation, written once where the defaults are)."""
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    names, on_line, comments = {f.name for f in dataclasses.fields(cls)}, {}, {}
+    source = textwrap.dedent(inspect.getsource(cls))
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NAME and token.start[1] == 4 and token.string in names:
+            on_line.setdefault(token.start[0], token.string)
+        elif token.type == tokenize.COMMENT and token.start[0] in on_line:
+            comments[on_line[token.start[0]]] = token.string.lstrip("#").strip()
+    return comments
+
+
+def _shown(value) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return text if text != "" else "(empty)"
 
 
 def _list() -> int:
@@ -393,15 +430,20 @@ def _list() -> int:
         print(f"{name}")
         for profile, exp in profiles.items():
             print(f"  --profile {profile}: {exp.summary}")
-        exp = profiles["local"]
+        exp, paper = profiles["local"], profiles["paper"]
+        single = not WORKLOADS[name].distributed
         print("  settings (--set FIELD=VALUE; defaults of the local profile):")
-        for obj in (exp.config, exp.scaling):
+        for obj, other in ((exp.config, paper.config), (exp.scaling, paper.scaling)):
+            comments = field_comments(type(obj))
             for f in dataclasses.fields(obj):
-                value = getattr(obj, f.name)
-                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-                paper = getattr(profiles["paper"].config if obj is exp.config else profiles["paper"].scaling, f.name)
-                diff = f"  (paper: {','.join(map(str, paper)) if isinstance(paper, tuple) else paper})" if paper != value else ""
-                print(f"    {name}.{f.name} = {shown if shown != '' else '(empty)'}{diff}")
+                comment = comments.get(f.name, "")
+                if comment.startswith("test hook") or (single and obj is exp.scaling and f.name in TRAIN_ONLY):
+                    continue  # accepted by --set, but not a setting of this study
+                value, theirs = getattr(obj, f.name), getattr(other, f.name)
+                diff = f"  (paper: {_shown(theirs)})" if theirs != value else ""
+                print(f"    {name}.{f.name} = {_shown(value)}{diff}{f'  # {comment}' if comment else ''}")
+        if single:
+            print(f"  ({name} trials are single processes: the Train settings {', '.join(TRAIN_ONLY)} do not apply)")
     return 0
 
 

@@ -21,11 +21,19 @@ from workloads.common import atomic_path
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h2{border-bottom:2px solid #ddd;margin-top:2em}.key{font-size:1.1em;background:#f3f7fb;border-left:4px solid #4a7fb5;
 padding:.5em .8em}.wrap{overflow-x:auto;max-width:100%;margin:.5em 0}table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f4f4f4;cursor:pointer}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f4f4f4;cursor:pointer;white-space:normal;vertical-align:bottom}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;display:block;margin:.5em 0}
 .grids{display:grid;grid-template-columns:1fr;gap:1em}@media(min-width:1000px){.grids.two{grid-template-columns:1fr 1fr}}
 figure{margin:0}figcaption{font-size:13px;color:#555}.samples img{image-rendering:pixelated;width:100%;max-width:560px}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}details{margin:.8em 0}"""
+.plot{overflow-x:auto;max-width:100%}.sd{color:#666;font-size:12px}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}details{margin:.8em 0}
+@media(max-width:700px){table,tbody,tr,td{display:block;width:100%;box-sizing:border-box}thead{display:none}
+tr{border:1px solid #ccc;margin:.6em 0}td{border:0;border-bottom:1px solid #eee;text-align:right;white-space:normal;
+overflow-wrap:anywhere;padding-left:45%;position:relative}td:first-child{text-align:right;font-weight:600}
+td::before{content:attr(data-label);position:absolute;left:8px;width:40%;text-align:left;color:#555;font-weight:400}
+.plot img{width:900px;max-width:none}}"""
+# a phone: each table row becomes a card of "column: value" lines (nothing to scroll); a plot of several
+# panels keeps a readable 900 px and scrolls sideways inside its own box (swipe), the page never does
 
 # click a header to sort by it (numbers numerically, the rest as text); click again to reverse
 SORT = """document.querySelectorAll('table.sortable th').forEach((th,i)=>th.onclick=()=>{const t=th.closest('table'),
@@ -34,21 +42,43 @@ n=parseFloat(s);return isNaN(n)?s:n};r.sort((x,y)=>{const p=v(x),q=v(y);return (
 r.forEach(x=>b.appendChild(x))});"""
 
 
-def _img(path: Path, caption: str = "") -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    tag = f'<img alt="{html.escape(caption or path.stem)}" src="data:image/png;base64,{data}">'
+def _img(path: Path, caption: str = "", photo: bool = False) -> str:
+    """An embedded image; `photo`: re-encoded as JPEG (quality 85), ~5x smaller than the PNG of a grid of
+    photographs (the CLIP prompt grids, ~630 KB each); plots and sample grids stay lossless PNG."""
+    data, kind = path.read_bytes(), "png"
+    if photo:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.open(path).convert("RGB").save(buffer, "JPEG", quality=85)
+        data, kind = buffer.getvalue(), "jpeg"
+    tag = (f'<img alt="{html.escape(caption or path.stem)}" '
+           f'src="data:image/{kind};base64,{base64.b64encode(data).decode()}">')
     return f"<figure>{tag}<figcaption>{html.escape(caption)}</figcaption></figure>" if caption else tag
 
 
 def _table(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
-    """A sortable HTML table; floats rounded per column (`digits`, default 3 significant)."""
+    """A sortable HTML table; floats rounded per column (`digits`, default 3 significant). Each cell
+    carries its column's name (data-label): on a phone the rows become cards of labelled values."""
     digits = digits or {}
-    shown = frame.copy()
-    for column in shown.columns:
-        if pd.api.types.is_float_dtype(shown[column]):
+
+    def cell(value, column) -> str:
+        if isinstance(value, float):
             d = digits.get(column)
-            shown[column] = shown[column].map(lambda v, d=d: "" if pd.isna(v) else (f"{v:.{d}f}" if d is not None else f"{v:.3g}"))
-    return f'<div class="wrap">{shown.to_html(index=False, classes="sortable", border=0, escape=True)}</div>'
+            return "" if pd.isna(value) else (f"{value:.{d}f}" if d is not None else f"{value:.3g}")
+        return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+    def shown(text: str) -> str:  # "mean ± std" on two lines: a table of ten such columns fits 1100 px
+        mean, pm, sd = text.partition(" ± ")
+        return html.escape(mean) + (f'<br><span class="sd">± {html.escape(sd)}</span>' if pm else "")
+
+    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in frame.columns)  # may wrap at _
+    rows = "".join("<tr>" + "".join(f'<td data-label="{html.escape(str(c))}">{shown(cell(v, c))}</td>'
+                                    for c, v in zip(frame.columns, row)) + "</tr>"
+                   for row in frame.itertuples(index=False, name=None))
+    return f'<div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 def _minimax(trials: pd.DataFrame) -> tuple[str, str]:
@@ -98,9 +128,10 @@ def _runs(trials: pd.DataFrame, study: str) -> str:
     workload = WORKLOADS[study]
     ok = trials["status"] == FINISHED  # a trial stopped early is not a result to rank
     frame = pd.DataFrame({"run": trials["run_id"], "ok": ok})
-    if study == "minimax":
-        frame["converged"] = trials["converged"].astype(bool) & ok
-        runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"), converged=("converged", "sum"))
+    if workload.headline_count:
+        count = workload.headline_count
+        frame[count] = trials[count].astype(bool) & ok
+        runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"), **{count: (count, "sum")})
     else:
         frame["metric"] = trials[workload.metric].where(ok) if workload.metric in trials else float("nan")
         runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"),
@@ -123,22 +154,25 @@ def _section(study: str, store: ResultStore, run_id: str | None) -> str | None:
     plots = [p for p in images if "prompts" not in p.parts and "samples" not in p.parts]
     samples = [p for p in images if "samples" in p.parts]
     prompts = [p for p in images if "prompts" in p.parts]
-    body = [f"<h2>{study}</h2>", f'<p class="key">{key}</p>', tables, *(_img(p) for p in plots)]
+    body = [f"<h2>{study}</h2>", f'<p class="key">{key}</p>', tables,
+            *(f'<div class="plot">{_img(p)}</div>' for p in plots)]
     if samples:
         body.append('<div class="grids two samples">' + "".join(
-            _img(p, f"{p.parent.parent.name}: {p.stem.replace('_', ' ')}") for p in samples) + "</div>")
+            _img(p, f"{_trial_of(p, trials, 'trial_name')}: {p.stem.replace('_', ' ')}") for p in samples) + "</div>")
     if prompts:  # one prompt per row, the pairs side by side on a wide screen
         body.append('<div class="grids two">' + "".join(
-            _img(p, f"{p.stem.replace('_', ' ')} ({_pair_of(p, trials)})") for p in prompts) + "</div>")
+            _img(p, f"{p.stem.replace('_', ' ')} ({_trial_of(p, trials, 'pair')})", photo=True) for p in prompts)
+            + "</div>")
     body.append(f"<details><summary>text summary</summary><pre>{html.escape(text)}</pre></details>")
     body.append(f"<h3>runs</h3>{_runs(everything, study)}")
     return "".join(body)
 
 
-def _pair_of(grid: Path, trials: pd.DataFrame) -> str:
+def _trial_of(grid: Path, trials: pd.DataFrame, column: str) -> str:
+    """`column` (trial_name, pair) of the trial whose artifacts hold `grid` (<attempt>/<kind>/<file>)."""
     attempt = grid.parent.parent.name
-    rows = trials[trials["attempt"] == attempt]
-    return str(rows["pair"].iloc[0]) if len(rows) and "pair" in rows else attempt
+    rows = trials[trials["attempt"] == attempt] if "attempt" in trials else trials.iloc[:0]
+    return str(rows[column].iloc[0]) if len(rows) and column in rows and pd.notna(rows[column].iloc[0]) else attempt
 
 
 def write_html(store: ResultStore, run_id: str | None = None) -> Path:

@@ -6,15 +6,79 @@ only). Reports would not do: they are Tune results (rows, scheduler decisions, t
 and Ray's worker logs stay out of the terminal. The artifact dir is on the results storage, which on
 a cluster every node shares, so this thread in the driver reads every trial's file, wherever it runs,
 and prints each new line once, prefixed with the study and the trial's name.
+
+Where the terminal is one (stdout a TTY), a `Bar` per running study sits under the lines: its units
+are the epochs of all its trials (studies without epochs: its trials), with tqdm's rate and time
+left; lines are written above it. In a pipe or a log file there is no bar: the lines say it all.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
 
 FILE = "progress.log"
+_BARS: dict[str, "Bar"] = {}  # run key -> its study's bar, while one is drawn
+
+
+def say(line: str) -> None:
+    """A line to the terminal: above the bars where any are drawn (else they would be torn)."""
+    if _BARS:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+    else:
+        print(line)
+
+
+class Bar:
+    """One study's progress bar (tqdm), drawn only where `file` is a terminal; `for_run` returns it by
+    key (Tune pickles the callbacks that update it: they hold the key, never the bar)."""
+
+    def __init__(self, key: str, study: str, totals: list[int], unit: str, file=None) -> None:
+        file = file or sys.stdout
+        self.key, self.totals, self.done, self.ended = key, totals, [0] * len(totals), 0
+        self.bar = None
+        if getattr(file, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=sum(totals), desc=f"[{study}]", unit=unit, file=file, leave=False,
+                            ncols=shutil.get_terminal_size((100, 24)).columns,  # (a terminal of unknown size: 100)
+                            bar_format="{desc} {bar} {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining}]{postfix}")
+            self.counts_trials = unit == "trial"  # else the postfix counts them
+            if not self.counts_trials:
+                self.bar.set_postfix_str(f"0/{len(totals)} trials", refresh=False)
+
+    def __enter__(self) -> "Bar":
+        if self.bar is not None:
+            _BARS[self.key] = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _BARS.pop(self.key, None)
+        if self.bar is not None:
+            self.bar.close()
+
+    def step(self, index: int, done: int) -> None:
+        """Trial `index` has done `done` of its units (a retried or exploited epoch never counts twice)."""
+        done = min(done, self.totals[index])
+        if self.bar is not None and done > self.done[index]:
+            self.bar.update(done - self.done[index])
+        self.done[index] = max(done, self.done[index])
+
+    def end(self, index: int) -> None:
+        """Trial `index` ended (finished, stopped early or failed): its units are spent."""
+        self.step(index, self.totals[index])
+        self.ended += 1
+        if self.bar is not None and not self.counts_trials:
+            self.bar.set_postfix_str(f"{self.ended}/{len(self.totals)} trials")
+
+
+def for_run(key: str) -> Bar | None:
+    return _BARS.get(key)
 
 
 def append(artifact_dir: str, line: str) -> None:

@@ -1,6 +1,6 @@
-"""The driver side of Ray: start or join a cluster, run an experiment as one Tune run, turn results
-into table rows. (What runs inside Ray actors is in ray_workers.py; these two modules are the only
-ones that import ray.tune / ray.train.)
+"""The driver side of Tune: run an experiment as one Tune run, turn results into table rows. (Starting
+Ray is ray_session.py, sizing trials to the cluster ray_cluster.py; what runs inside Ray actors is
+ray_workers.py: these two are the only modules that import ray.tune / ray.train.)
 
 One experiment = one Tune run over the spec's trial configs: a single-process workload runs as a
 Tune function trial, a distributed one as a Train V2 driver trial (ray_workers.train_driver).
@@ -15,23 +15,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 
 from orchestrator import ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
+from orchestrator import progress as progress_lines
 from orchestrator.progress import Tail as ProgressTail
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
 from orchestrator.results import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, config_columns, report_frame
-from orchestrator.spec import Experiment, Scaling, trial_key
+from orchestrator.ray_session import DRIVER_RESOURCE, BackendError
+from orchestrator.spec import Experiment, trial_key
 from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
-DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
-DRIVER_SLOTS = 64  # how many driver trials one node may host (they only wait on their workers)
-CPU_NODE_RESOURCE = "cpu_node"  # declared by CPU-only node types (as many as their CPUs): single-process trials' home
 CPU_FALLBACK_ENV = "ORCHESTRATOR_ALLOW_CPU_FALLBACK"  # "1": GPU nodes without CUDA train on CPU (gloo), rows say so
 _TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
@@ -43,163 +43,6 @@ _TUNE_KEYS = {
 
 _FAILED: dict[str, Exception] = {}  # experiment key -> the write error that stops it (see StopOnFailure)
 _WATCHERS: dict = {}  # experiment key -> its ray_cluster.Watcher, told of every result
-
-
-class BackendError(RuntimeError):
-    """Ray could not be started or reached: the CLI prints it as one line."""
-
-
-@dataclass
-class Session:
-    owned: bool  # True when this process started Ray (and so stops it)
-    dashboard_url: str | None
-    joined: bool = False  # True when running on a cluster started elsewhere (it may autoscale)
-
-
-ADDRESS_ENV = "RAY_ADDRESS"  # set by Ray in a job's entrypoint (ray job submit), and by users
-CLIENT_REFUSED = ("Ray Client addresses (ray://) are not supported: under Ray Client, Tune runs on the cluster and "
-                  "its results never reach this process. Submit the run as a Ray job instead: ray job submit "
-                  "--address http://HEAD:8265 --working-dir . -- python -m orchestrator run ...")
-
-
-def init_kwargs(dashboard: bool = True) -> dict[str, Any]:
-    """ray.init arguments of a local run (shared with bench/ so both start Ray the same way)."""
-    return dict(
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",  # never on a public interface; token auth stays on (Ray's default)
-        resources={DRIVER_RESOURCE: DRIVER_SLOTS},
-        log_to_driver=False,  # keep workers' logs in /tmp/ray/session_latest/logs, not the terminal
-        logging_level=logging.WARNING,
-    )
-
-
-def ray_is_up() -> bool:
-    """Is Ray already initialised in this process (a caller's, e.g. a test session's)?"""
-    import ray
-
-    return ray.is_initialized()
-
-
-def start(address: str | None = None, dashboard: bool = True) -> Session:
-    """Join `address`, else the cluster named by $RAY_ADDRESS (as Ray's own tools do: inside a Ray
-    job it names the job's cluster), else start a local Ray."""
-    import ray
-
-    address = address or os.environ.get(ADDRESS_ENV) or None
-    if address and address.startswith("ray://"):
-        raise BackendError(CLIENT_REFUSED)
-    if address and address != "auto":
-        _check_reachable(address)
-    if ray.is_initialized():  # tests, notebooks: reuse the caller's Ray
-        return Session(owned=False, dashboard_url=None, joined=bool(address))
-    # Train's controller polls workers every 2 s by default, which adds ~6 s to every run's end
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # polling 5x a second costs ~nothing
-    try:
-        if address:  # an existing cluster: its resources are its own (no num_cpus/resources here)
-            context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            context = ray.init(**init_kwargs(dashboard))
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise BackendError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
-    url = getattr(context, "dashboard_url", None)
-    return Session(owned=True, dashboard_url=f"http://{url}" if url else None, joined=bool(address))
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, with one line, where ray.init would wait a long time on a dead address."""
-    import socket
-
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise BackendError(f"--address {address!r}: expected HOST:PORT or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise BackendError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
-
-
-def stop(session: Session) -> None:
-    import ray
-
-    if session.owned and ray.is_initialized():
-        ray.shutdown()
-
-
-def worker_resources(scaling: Scaling) -> dict[str, float]:
-    """What one Train worker (or one single-process trial) asks of a node."""
-    return {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
-
-
-def _need_text(scaling: Scaling) -> str:
-    return (f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU"
-            f"{f' + {scaling.gpus_per_worker:g} GPU' if scaling.use_gpu else ''}")
-
-
-def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, float], int | None]:
-    """(what one single-process trial asks for, how many to run at once) on this cluster.
-
-    On an autoscaling cluster GPU nodes have CPUs too, and a CPU demand the head and the CPU types
-    cannot meet at that moment (Tune briefly asks for one trial more than it runs while it swaps
-    trials) made the autoscaler start a GPU node for minimax. Where the node types declare
-    `cpu_node` (cluster.yaml: the head and every CPU type, as many as their CPUs; never a GPU
-    type) the trials ask for it too, so no GPU node can ever satisfy them; concurrency is what
-    those types hold. Node types unknown (a local Ray, a cluster without the config): CPUs only,
-    no limit."""
-    from orchestrator import ray_cluster
-
-    need = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
-    known = ray_cluster.cluster_node_types(joined)
-    if known is None:
-        if not joined and ray_cluster.slots_now(need) < 1:  # a local Ray never grows: Tune would wait forever
-            raise _machine_too_small(scaling, "lower cpus_per_worker, set use_gpu=false")
-        return need, None
-    types, max_workers = known
-    if scaling.use_gpu:  # GPU work: GPU nodes are what it needs
-        return need, max(1, ray_cluster.max_worker_slots(types, max_workers, need))
-    cpu_types = [t for t in types if not t.resources.get("GPU")]
-    if any(t.resources.get(CPU_NODE_RESOURCE) for t in types):
-        need[CPU_NODE_RESOURCE] = scaling.cpus_per_worker
-        cpu_types = [t for t in types if t.resources.get(CPU_NODE_RESOURCE)]
-    return need, max(1, ray_cluster.max_worker_slots(cpu_types, max_workers, need))
-
-
-def _max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -> int | None:
-    """How many Train trials to run at once so that they never starve each other: what the cluster
-    can hold at its largest (autoscaling: its node types and max_workers), else what it holds now.
-    None: unknown (an autoscaler whose config cannot be read): trials queue for nodes."""
-    from orchestrator import ray_cluster
-
-    if scaling.max_concurrent_trials:
-        return scaling.max_concurrent_trials
-    need = worker_resources(scaling)
-    known = ray_cluster.cluster_node_types(joined)
-    if known is not None:
-        types, max_workers = known
-        fits = ray_cluster.max_worker_slots(types, max_workers, need) // scaling.num_workers
-        if fits < 1:
-            shapes = "; ".join(f"{t.name}: " + ", ".join(f"{v:g} {k}" for k, v in t.resources.items()) for t in types)
-            raise BackendError(f"one trial needs {_need_text(scaling)}, and no node type of this cluster can ever "
-                               f"provide that ({shapes}; max_workers {max_workers}): lower num_workers / cpus_per_worker "
-                               "or add a node type")
-        return fits
-    fits = ray_cluster.slots_now(need) // scaling.num_workers
-    if fits >= 1:
-        return fits
-    resources = __import__("ray").cluster_resources()
-    if joined:  # the cluster may grow (an autoscaler we cannot see into): let trials queue, and say so
-        say(f"the cluster cannot hold one trial yet ({_need_text(scaling)}; it has {resources.get('CPU', 0):g} CPU, "
-            f"{resources.get('GPU', 0):g} GPU now): trials wait for nodes (max_wait_s={scaling.max_wait_s:g})")
-        return None
-    raise _machine_too_small(scaling, "lower num_workers / cpus_per_worker")
-
-
-def _machine_too_small(scaling: Scaling, what: str) -> BackendError:
-    """One line: a local Ray that can never hold one trial."""
-    resources = __import__("ray").cluster_resources()
-    return BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
-                        f"{resources.get('GPU', 0):g} GPU: {what}, or join a cluster with --address")
 
 
 # ---- the driver side -----------------------------------------------------------------------------
@@ -254,6 +97,27 @@ def _collector_classes():
     return Collector, StopOnFailure
 
 
+def train_run_names(storage: str, names: list[str], bases: list[str]) -> list[str]:
+    """Each Train run's name, its folder under `storage` and its name in the dashboard's Train view:
+    the trial's name and its files' base, e.g. `gan-lr=0.0002,beta1=0.5-3fa2c1d0e9ab`. Train V2
+    resumes a run from its storage by name, so a trial whose folder is already there under another
+    name (its config named by another sweep's axes, or an older version's `<study>-<base>`) keeps it."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(storage if "://" in storage else os.path.abspath(storage))
+        there = [info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                 if info.type == pafs.FileType.Directory]
+    except (OSError, ValueError):  # storage not listable now: Train creates it; nothing to resume by another name
+        there = []
+    chosen = []
+    for name, base in zip(names, bases):
+        earlier = sorted(d for d in there if d.endswith(f"-{base}"))
+        readable = re.sub(r"[^A-Za-z0-9._=,+-]", "_", str(name))[:100]  # a path segment on any storage
+        chosen.append(earlier[0] if earlier else f"{readable}-{base}")
+    return chosen
+
+
 def tensorboard_view(study_dir, run_id: str, attempts: dict[str, str], say: Callable[[str], None]) -> None:
     """`<study>/tensorboard/<run_id>/<trial name>` -> each trial's TensorBoard folder (relative links):
     `tensorboard --logdir results/gan/tensorboard/<run_id>` shows a run's trials side by side, by name."""
@@ -278,7 +142,7 @@ def _progress(key: str) -> None:
 
 
 def _say(line: str) -> None:
-    print(line)
+    progress_lines.say(line)  # print, or above the bars where a terminal shows them
 
 
 def _trial_error(trial) -> str:
@@ -351,9 +215,11 @@ def run_experiment(
         return done_before
     keys = [trial_key(c) for c in configs]
     # a trial's files, Train run and artifacts are named by its config digest, so that a rerun of an
-    # interrupted run finds them (Train V2 resumes a run from its storage by name); --fresh starts anew
+    # interrupted run finds them (Train V2 resumes a run from its storage by name: train_run_names);
+    # --fresh starts anew
     bases = [f"{key}-{run_id}" if fresh else key for key in keys]
     rows = {i: _TrialRows() for i in range(len(configs))}
+    run_key = f"{exp.study}-{run_id}"  # names this run's watcher, bar and failure (module dicts: see _progress)
     written: list[pd.DataFrame] = []
 
     version = code_version()
@@ -379,6 +245,9 @@ def run_experiment(
             store.write(exp.study, "steps", f"{bases[index]}-{step:06d}", frame.assign(**ids(index, trial_id)),
                         schema("steps"))
             rows[index].last_step = frame.iloc[0].to_dict()
+            bar = progress_lines.for_run(run_key)
+            if bar is not None:
+                bar.step(index, step)
             shown = {k: frame[k].iloc[0] for k in (workload.metric, *(workload.early_stop or ())[:1], "loss", "loss_d",
                                                    "loss_g") if k in frame}
             total = int(getattr(configs[index], "epochs", 0) or 0)
@@ -412,6 +281,9 @@ def run_experiment(
         trials = trials.assign(**ids(index, trial_id), status=status, error=error, wall_time_s=got.wall_time_s)
         store.write(exp.study, "trials", bases[index], trials, schema("trials"))
         written.append(trials)
+        bar = progress_lines.for_run(run_key)
+        if bar is not None:
+            bar.end(index)
         done = len(configs) - len(rows)
         tail = f"  error: {error}" if error else ""
         progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()}: {names[index]} ({trial_id}, "
@@ -436,13 +308,13 @@ def run_experiment(
     if distributed:
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
-                                 names=[f"{exp.study}-{b}" for b in bases], scaling=exp.scaling, storage=storage,
+                                 names=train_run_names(storage, names, bases), scaling=exp.scaling, storage=storage,
                                  allow_cpu_fallback=fallback),
             {"cpu": 0, DRIVER_RESOURCE: 1},  # the driver only waits on its TorchTrainer's workers
         )
-        concurrent = _max_concurrent(exp.scaling, joined, say)
+        concurrent = ray_cluster.max_concurrent(exp.scaling, joined, say)
     else:
-        need, fits = single_process_resources(exp.scaling, joined)
+        need, fits = ray_cluster.single_process_resources(exp.scaling, joined)
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.function_trial, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
                                  use_gpu=exp.scaling.use_gpu, allow_cpu_fallback=fallback, checkpoints=pbt),
@@ -454,7 +326,7 @@ def run_experiment(
         where = f"{exp.scaling.num_workers} Train workers" if distributed else "one process"
         progress(f"[{exp.study}] {names[index]}: started ({trial_id}, {where})")
 
-    collector = collector_cls(f"{exp.study}-{run_id}", on_result, on_end, on_start)
+    collector = collector_cls(run_key, on_result, on_end, on_start)
     stopper = stopper_cls(collector.key)
     types = ray_cluster.cluster_node_types(joined)
     watcher = ray_cluster.Watcher(say, exp.scaling.max_wait_s, types[0] if types else None,
@@ -491,7 +363,11 @@ def run_experiment(
     )
     started = time.perf_counter()
     try:
-        with watcher, ProgressTail(say, artifact_dirs, names):
+        epochs = [int(getattr(c, "epochs", 0) or 0) for c in configs] if workload.step_key else []
+        by_epoch = bool(epochs) and all(epochs)  # the bar counts epochs where every trial has them, else trials
+        bar = progress_lines.Bar(run_key, exp.study, epochs if by_epoch else [1] * len(configs),
+                                 "epoch" if by_epoch else "trial")
+        with watcher, bar, ProgressTail(say, artifact_dirs, names):
             tuner.fit()
     finally:
         failure = _FAILED.pop(collector.key, None)

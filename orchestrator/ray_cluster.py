@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from orchestrator.ray_session import BackendError
+from orchestrator.spec import Scaling
+
 CONFIG_ENV = "ORCHESTRATOR_CLUSTER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the cluster config here, on the head
 
@@ -194,3 +197,79 @@ class Watcher:
                 self.on_give_up(f"gave up after waiting {waited:.0f} s for nodes (max_wait_s={self.max_wait_s:g}): "
                                 f"{message}; raise max_wait_s, or check the cluster's quota and node types")
                 return
+
+
+# ---- how many trials fit, and what one asks for ----------------------------------------------------
+
+CPU_NODE_RESOURCE = "cpu_node"  # declared by CPU-only node types (as many as their CPUs): single-process trials' home
+
+
+def worker_resources(scaling: Scaling) -> dict[str, float]:
+    """What one Train worker (or one single-process trial) asks of a node."""
+    return {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+
+
+def _need_text(scaling: Scaling) -> str:
+    return (f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU"
+            f"{f' + {scaling.gpus_per_worker:g} GPU' if scaling.use_gpu else ''}")
+
+
+def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, float], int | None]:
+    """(what one single-process trial asks for, how many to run at once) on this cluster.
+
+    On an autoscaling cluster GPU nodes have CPUs too, and a CPU demand the head and the CPU types
+    cannot meet at that moment (Tune briefly asks for one trial more than it runs while it swaps
+    trials) made the autoscaler start a GPU node for minimax. Where the node types declare
+    `cpu_node` (cluster.yaml: the head and every CPU type, as many as their CPUs; never a GPU
+    type) the trials ask for it too, so no GPU node can ever satisfy them; concurrency is what
+    those types hold. Node types unknown (a local Ray, a cluster without the config): CPUs only,
+    no limit."""
+    need = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+    known = cluster_node_types(joined)
+    if known is None:
+        if not joined and slots_now(need) < 1:  # a local Ray never grows: Tune would wait forever
+            raise _machine_too_small(scaling, "lower cpus_per_worker, set use_gpu=false")
+        return need, None
+    types, max_workers = known
+    if scaling.use_gpu:  # GPU work: GPU nodes are what it needs
+        return need, max(1, max_worker_slots(types, max_workers, need))
+    cpu_types = [t for t in types if not t.resources.get("GPU")]
+    if any(t.resources.get(CPU_NODE_RESOURCE) for t in types):
+        need[CPU_NODE_RESOURCE] = scaling.cpus_per_worker
+        cpu_types = [t for t in types if t.resources.get(CPU_NODE_RESOURCE)]
+    return need, max(1, max_worker_slots(cpu_types, max_workers, need))
+
+
+def max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -> int | None:
+    """How many Train trials to run at once so that they never starve each other: what the cluster
+    can hold at its largest (autoscaling: its node types and max_workers), else what it holds now.
+    None: unknown (an autoscaler whose config cannot be read): trials queue for nodes."""
+    if scaling.max_concurrent_trials:
+        return scaling.max_concurrent_trials
+    need = worker_resources(scaling)
+    known = cluster_node_types(joined)
+    if known is not None:
+        types, max_workers = known
+        fits = max_worker_slots(types, max_workers, need) // scaling.num_workers
+        if fits < 1:
+            shapes = "; ".join(f"{t.name}: " + ", ".join(f"{v:g} {k}" for k, v in t.resources.items()) for t in types)
+            raise BackendError(f"one trial needs {_need_text(scaling)}, and no node type of this cluster can ever "
+                               f"provide that ({shapes}; max_workers {max_workers}): lower num_workers / cpus_per_worker "
+                               "or add a node type")
+        return fits
+    fits = slots_now(need) // scaling.num_workers
+    if fits >= 1:
+        return fits
+    resources = __import__("ray").cluster_resources()
+    if joined:  # the cluster may grow (an autoscaler we cannot see into): let trials queue, and say so
+        say(f"the cluster cannot hold one trial yet ({_need_text(scaling)}; it has {resources.get('CPU', 0):g} CPU, "
+            f"{resources.get('GPU', 0):g} GPU now): trials wait for nodes (max_wait_s={scaling.max_wait_s:g})")
+        return None
+    raise _machine_too_small(scaling, "lower num_workers / cpus_per_worker")
+
+
+def _machine_too_small(scaling: Scaling, what: str) -> BackendError:
+    """One line: a local Ray that can never hold one trial."""
+    resources = __import__("ray").cluster_resources()
+    return BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
+                        f"{resources.get('GPU', 0):g} GPU: {what}, or join a cluster with --address")

@@ -27,6 +27,9 @@ class Workload:
     # part of a table these columns, null where absent; the orchestrator adds ids and config fields)
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
     pbt: tuple[str, ...] = ()  # float config fields --scheduler pbt perturbs (empty: PBT not offered)
+    # a bool column a run's one-line summary counts instead of showing its best `metric` (minimax: how many
+    # (algorithm, lr) rows converged; its best final_distance, ~1e-300 for any converged row, says nothing)
+    headline_count: str | None = None
 
     def runs_distributed(self, config) -> bool:
         """Is a trial of this config a Ray Train run (else a plain Tune function trial)?"""
@@ -56,6 +59,7 @@ WORKLOADS: dict[str, Workload] = {
     "minimax": Workload(
         "workloads.minimax", metric="final_distance", mode="min", distributed=False,
         row_exclude=("algorithms", "lrs"),  # every row has its own `algorithm` and `lr`
+        headline_count="converged",
         columns={
             "trials": {"algorithm": "str", **_floats("lr", "final_x", "final_y", "final_distance", "initial_distance",
                                                      "rate"),

@@ -1,6 +1,8 @@
 """The HTML report in a real browser (headless Chromium through Playwright), at a laptop's and a
-phone's width: every image loads, nothing is wider than the page (wide tables scroll inside their
-own box). Skips with a reason where Chromium is not installed (.ci/run installs Debian's)."""
+phone's width: every image loads, nothing is wider than the page, no table needs scrolling (on a
+phone its rows are cards of labelled values), and a plot of several panels keeps a readable width
+on a phone, scrolling sideways inside its own box. Skips with a reason where Chromium is not
+installed (.ci/run installs Debian's)."""
 
 import shutil
 from pathlib import Path
@@ -25,9 +27,14 @@ def assert_report_renders(page_path: Path) -> None:
                 images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
                 assert images and all(images), (width, images)
                 assert page.evaluate("document.documentElement.scrollWidth") <= width, width  # no sideways page
-                boxes = page.evaluate("[...document.querySelectorAll('table')]"
-                                      ".map(t => t.closest('.wrap').getBoundingClientRect().right)")
-                assert boxes and max(boxes) <= width, (width, boxes)
+                boxes = page.evaluate("[...document.querySelectorAll('table')].map(t => [t.scrollWidth, "
+                                      "t.closest('.wrap').clientWidth, t.closest('.wrap').getBoundingClientRect().right])")
+                assert boxes and all(table <= box + 1 and right <= width for table, box, right in boxes), (width, boxes)
+                plots = page.evaluate("[...document.querySelectorAll('.plot')].map(p => [p.getBoundingClientRect().right, "
+                                      "p.querySelector('img').getBoundingClientRect().width])")
+                assert all(right <= width and shown >= min(600, width - 40) for right, shown in plots), (width, plots)
+                if width < 700:  # a phone: the table's header row gives way to each cell's label
+                    assert page.evaluate("[...document.querySelectorAll('td')].every(td => td.dataset.label)")
                 page.close()
         finally:
             browser.close()

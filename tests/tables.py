@@ -6,10 +6,11 @@ import pandas as pd
 
 
 def assert_every_table_reads_in_duckdb(results: Path) -> int:
-    """Every table of `results` reads whole in DuckDB by a glob over its parts, without union_by_name:
-    one version of the project writes every part with the table's whole schema. Row counts equal
-    pandas'. Returns the number of tables read."""
+    """Every table of `results` reads whole in DuckDB and in Polars by a glob over its parts, without
+    options (no union_by_name, no schema hints): one version of the project writes every part with
+    the table's whole schema. Row counts and columns equal pandas'. Returns the number of tables read."""
     import duckdb
+    import polars as pl
     import pyarrow.parquet as pq
 
     from orchestrator.results import read_table
@@ -25,4 +26,6 @@ def assert_every_table_reads_in_duckdb(results: Path) -> int:
         rows = relation.fetchall()  # every column of every part
         assert len(rows) == len(pd.read_parquet(table)), table
         assert list(relation.columns) == list(read_table(table).columns), table
+        frame = pl.read_parquet(pattern)  # Polars' glob: every part, their schemas must agree
+        assert frame.shape == (len(rows), len(relation.columns)), table
     return len(tables)

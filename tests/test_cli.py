@@ -61,6 +61,7 @@ def test_rerun_keeps_finished_trials_and_fresh_reruns_them(finished_run, capsys)
     assert main(["run", "minimax", "--results", str(finished_run), *TINY]) == 0
     out = capsys.readouterr().out
     assert "already finished" in out and "nothing to run" in out
+    assert "200/200 rows ok   " in out and "/200 converged" in out and "e-3" not in out  # not a best-of distance
     assert sorted(p.name for p in table.iterdir()) == before  # nothing rerun, nothing duplicated
     assert main(["run", "minimax", "--results", str(finished_run), *TINY, "--fresh"]) == 0
     trials = pd.read_parquet(table)
@@ -84,6 +85,18 @@ def test_bad_input_is_one_line_and_leaves_results_intact(finished_run, capsys, a
     assert sorted(p.name for p in (finished_run / "minimax" / "trials.parquet").iterdir()) == before
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["run", "minimax", "--tracker", "mlfow"], "argument --tracker: invalid choice: 'mlfow'"),
+    (["run", "minimax", "--samples", "many"], "argument --samples: invalid int value"),
+    (["launch"], "invalid choice: 'launch'"),
+])
+def test_usage_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and err.count("\n") == 1 and "--help" in err, err
+
+
 def test_unwritable_results_directory(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -98,7 +111,9 @@ def test_help_and_list(capsys):
     assert "--set" in capsys.readouterr().out
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "minimax.steps = 1000" in out and "--profile paper" in out
+    assert "minimax.steps = 1000  # T, iterations per run" in out and "--profile paper" in out  # the field's comment
+    assert "gan.num_workers = 2  (paper: 1)" in out and "minimax.num_workers" not in out  # Train settings: Train studies
+    assert "fail_at_epoch" not in out and "(paper: )" not in out  # no test hooks; an empty value says so
 
 
 def test_unreachable_address_is_one_line(tmp_path, capsys):
@@ -158,7 +173,7 @@ def test_html_report_is_self_contained(finished_run, capsys):
     assert "<h2>minimax</h2>" in page and "(0, 0.25)" in page and "<h3>runs</h3>" in page
     # headed by its key result in one sentence, numbers in real tables, no best-of distance of ~1e-300
     assert '<p class="key">The measured stable learning rates match the analytic ones' in page
-    assert page.count('<table class="dataframe sortable">') == 2 and "final_distance" not in page
+    assert page.count('<table class="sortable">') == 2 and "final_distance" not in page
     assert_report_renders(finished_run / "report.html")
 
 
@@ -185,7 +200,7 @@ def test_an_interrupt_swallowed_inside_ray_init_still_ends_the_run(tmp_path, mon
     import os
     import signal
 
-    from orchestrator import ray_backend
+    from orchestrator import ray_backend, ray_session
 
     def start_swallowing(address=None, dashboard=True):
         try:
@@ -193,10 +208,10 @@ def test_an_interrupt_swallowed_inside_ray_init_still_ends_the_run(tmp_path, mon
             signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (a bytecode boundary for the handler to run)
         except KeyboardInterrupt:
             pass  # ...and "Ray" swallows it
-        return ray_backend.Session(owned=False, dashboard_url=None)
+        return ray_session.Session(owned=False, dashboard_url=None)
 
-    monkeypatch.setattr(ray_backend, "start", start_swallowing)
-    monkeypatch.setattr(ray_backend, "ray_is_up", lambda: True)  # the caller's Ray: not ours to stop
+    monkeypatch.setattr(ray_session, "start", start_swallowing)
+    monkeypatch.setattr(ray_session, "ray_is_up", lambda: True)  # the caller's Ray: not ours to stop
     ran = []
     monkeypatch.setattr(ray_backend, "run_experiment", lambda *a, **k: ran.append(a))
     assert main(["run", "minimax", "--results", str(tmp_path), *TINY]) == 130

@@ -43,7 +43,7 @@ def test_single_process_trials_ask_for_what_no_gpu_node_has(monkeypatch):
     declare, so the autoscaler can never meet them with a GPU node; at once: what those hold."""
     from pathlib import Path
 
-    from orchestrator.ray_backend import single_process_resources
+    from orchestrator.ray_cluster import single_process_resources
     from orchestrator.spec import Scaling
 
     monkeypatch.setenv(ray_cluster.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))

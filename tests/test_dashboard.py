@@ -1,6 +1,6 @@
 """The Ray dashboard a run starts shows its Train runs: Train V2's state API (which needs
 RAY_TRAIN_ENABLE_STATE_TRACKING=1 where the TorchTrainer is built) lists the GAN trial, by the name
-the README gives (STUDY-TRIALKEY), while the run is going. A real run, its own local Ray."""
+the README gives (TRIAL NAME-TRIALKEY), while the run is going. A real run, its own local Ray."""
 
 import json
 import os
@@ -28,10 +28,10 @@ def train_runs(url: str) -> list[dict]:
 
 
 def test_the_dashboard_lists_the_runs_train_runs_by_trial(data_dir, gan_cache, tmp_path):
-    (exp,) = resolve("gan", "local", SETTINGS, say=lambda _: None)
-    expected = f"gan-{trial_key(exp.trial_configs()[0])}"
+    (exp,) = resolve("gan", "local", SETTINGS, sweeps=["lr=0.0002"], say=lambda _: None)
+    expected = f"gan-lr=0.0002-{trial_key(exp.trial_configs()[0])}"  # the study, the trial's swept values, its key
     cmd = [sys.executable, "-m", "orchestrator", "run", "gan", "--results", str(tmp_path), "--data-dir", data_dir,
-           "--set", f"cache_dir={gan_cache}", *(arg for s in SETTINGS for arg in ("--set", s))]
+           "--set", f"cache_dir={gan_cache}", *(arg for s in SETTINGS for arg in ("--set", s)), "--sweep", "lr=0.0002"]
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}  # its own Ray; no token in tests
     run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
@@ -60,3 +60,17 @@ def test_the_dashboard_lists_the_runs_train_runs_by_trial(data_dir, gan_cache, t
             os.killpg(run.pid, 9)
             run.wait()
     assert seen[0].get("status") in ("INITIALIZING", "SCHEDULING", "RUNNING", "FINISHED"), seen[0]
+
+
+def test_train_runs_are_named_by_trial_and_keep_an_earlier_folder_of_the_same_trial(tmp_path):
+    """Train V2 resumes a run by its name: a trial whose folder exists under another name (another
+    sweep named it, or an older version's STUDY-TRIALKEY) keeps that name; the rest get readable ones."""
+    from orchestrator.ray_backend import train_run_names
+
+    (tmp_path / "gan-aaaaaaaaaaaa").mkdir()  # an older version's name of trial aaaa...
+    (tmp_path / "gan-20261130-000000-0000").mkdir()  # Tune's experiment folder: no trial's
+    names = train_run_names(str(tmp_path), ["gan-lr=0.0002", "clip-image_model=a/b c,seed=1", "gan-lr=0.0001"],
+                            ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc-20261130-000000-0000"])
+    assert names == ["gan-aaaaaaaaaaaa", "clip-image_model=a_b_c,seed=1-bbbbbbbbbbbb",
+                     "gan-lr=0.0001-cccccccccccc-20261130-000000-0000"]
+    assert train_run_names(str(tmp_path / "absent"), ["gan"], ["dddddddddddd"]) == ["gan-dddddddddddd"]

@@ -1,6 +1,17 @@
-"""Progress lines: what trials append to their progress file, the driver prints, each line once."""
+"""Progress lines: what trials append to their progress file, the driver prints, each line once;
+the bar a terminal shows under them."""
+
+import io
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from orchestrator import progress
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tail_prints_each_complete_line_once_with_the_trials_name(tmp_path):
@@ -21,3 +32,79 @@ def test_tail_prints_each_complete_line_once_with_the_trials_name(tmp_path):
     with tail:  # the thread, and a last poll at exit
         pass
     assert said == ["clip-x: images 640/3000 (55/s, ~43 s left)", "clip-y: half a line"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_counts_each_trials_units_once_and_lines_go_above_it(capsys):
+    screen = _Terminal()
+    with progress.Bar("run-a", "gan", [4, 4], "epoch", file=screen) as bar:
+        assert progress.for_run("run-a") is bar
+        bar.step(0, 1)
+        bar.step(0, 2)
+        bar.step(0, 2)  # an epoch reported again (a retried or replayed epoch) is not progress
+        bar.step(1, 1)
+        assert bar.bar.n == 3
+        bar.end(1)  # stopped early: its remaining epochs are spent
+        assert bar.bar.n == 6 and "1/2 trials" in screen.getvalue()
+        progress.say("[gan] a line")  # written above the bar (tqdm clears and redraws it)
+    assert progress.for_run("run-a") is None
+    assert "\r[gan]" in screen.getvalue() and "6/8 epochs" in screen.getvalue()
+    assert "[gan] a line\n" in capsys.readouterr().out
+
+
+def test_no_bar_where_the_output_is_not_a_terminal(capsys):
+    with progress.Bar("run-b", "minimax", [1, 1], "trial", file=io.StringIO()) as bar:
+        bar.step(0, 1)
+        bar.end(0)
+        assert bar.bar is None
+        progress.say("a line")
+    assert capsys.readouterr().out == "a line\n"
+
+
+def _in_a_terminal(cmd: list[str], env: dict, timeout_s: float = 300) -> str:
+    """Run `cmd` with a pseudo-terminal (120 x 40) as its stdout and stderr; its output."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=child, stderr=child, start_new_session=True)
+    os.close(child)
+    out, deadline = b"", time.time() + timeout_s
+    try:
+        while time.time() < deadline:
+            if not select.select([main], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert run.wait(timeout=max(1, deadline - time.time())) == 0, out.decode(errors="replace")[-3000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait()
+        os.close(main)
+    return out.decode(errors="replace")
+
+
+def test_a_run_in_a_terminal_draws_a_bar_and_shows_no_ray_notices(tmp_path):
+    """A real run with a terminal for stdout: the bar is drawn under the lines; Ray's token-auth notice
+    (our dashboard line says where the token is) and Tune's "bottleneck" timings stay out. Token auth on
+    (Ray's default), its token under this test's own HOME."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["HOME"] = str(tmp_path)
+    out = _in_a_terminal([sys.executable, "-m", "orchestrator", "run", "minimax", "--results", str(tmp_path / "r"),
+                          "--set", "num_lrs=20", "--set", "steps=100", "--no-dashboard"], env)
+    assert "\r[minimax] " in out and "5/5 trials [" in out, out[-3000:]
+    assert "/100 converged" in out, out[-3000:]
+    assert "Token authentication is enabled" not in out and "bottleneck" not in out, out[-3000:]

@@ -46,7 +46,7 @@ class Config:
     batch_size: int = 32  # images per step over all workers (one random caption of each per epoch)
     image_size: int = 224  # square input side
     image_mean: tuple[float, ...] = ()  # () -> the timm model's own normalisation
-    image_std: tuple[float, ...] = ()
+    image_std: tuple[float, ...] = ()  # () -> the timm model's own (with image_mean: 3 values, R, G, B)
     max_length: int = 40  # caption tokens
     dataset: str = "flickr8k_subset"  # folder under data_dir
     images_subdir: str = "images"  # the Kaggle Flickr8k download uses "Images"
