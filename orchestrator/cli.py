@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import interrupts, ray_trackers
+from orchestrator import interrupts, progress, ray_trackers
 from orchestrator import sweeps as sweep_grammar
 from orchestrator.cli_args import DEFAULT_RESULTS, build_parser
 from orchestrator.experiments import EXPERIMENTS, studies
@@ -183,7 +183,7 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
                 continue
             seen.add(trial_key(config))
             try:
-                WORKLOADS[exp.study].check(config)
+                WORKLOADS[exp.study].check(config, say=progress.terminal(exp.study))
             except (OSError, ValueError, ImportError) as exc:
                 hint = ON_CLUSTER_HINT if on_cluster and isinstance(exc, FileNotFoundError) else ""
                 raise SpecError(f"{exp.study}: {str(exc).rstrip('.')}{hint}") from None

@@ -7,9 +7,13 @@ and Ray's worker logs stay out of the terminal. The artifact dir is on the resul
 a cluster every node shares, so this thread in the driver reads every trial's file, wherever it runs,
 and prints each new line once, prefixed with the study and the trial's name.
 
-Where the terminal is one (stdout a TTY), a `Bar` per running study sits under the lines: its units
-are the epochs of all its trials (studies without epochs: its trials), with tqdm's rate and time
-left; lines are written above it. In a pipe or a log file there is no bar: the lines say it all.
+A step that counts (an extraction's images, an epoch's batches, the FID classifier's epochs) says
+so: `say(line, progress=(what, done, total))`; the count travels after tabs in progress.log.
+
+Where the terminal is one (stdout a TTY), bars sit under the lines: a `Bar` per running study (the
+epochs of all its trials, or its trials where they have no epochs) and a bar per counted step while
+it runs (`step`), each with tqdm's rate and time left; lines are written above them. In a pipe or a
+log file there are no bars: the lines say it all (each says how far, and how long is left).
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from typing import Callable
 
 FILE = "progress.log"
 _BARS: dict[str, "Bar"] = {}  # run key -> its study's bar, while one is drawn
+_STEPS: dict = {}  # a step's description -> its bar (tqdm), while one is drawn
+_LOCK = threading.Lock()  # steps are drawn from the Tail's thread and the main one
 
 
 def say(line: str) -> None:
     """A line to the terminal: above the bars where any are drawn (else they would be torn)."""
-    if _BARS:
+    if _BARS or _STEPS:
         from tqdm import tqdm
 
         tqdm.write(line, file=sys.stdout)
@@ -40,14 +46,11 @@ class Bar:
 
     def __init__(self, key: str, study: str, totals: list[int], unit: str, file=None) -> None:
         file = file or sys.stdout
-        self.key, self.totals, self.done, self.ended = key, totals, [0] * len(totals), 0
+        self.key, self.study, self.totals, self.done, self.ended = key, study, totals, [0] * len(totals), 0
         self.bar = None
-        if getattr(file, "isatty", lambda: False)():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=sum(totals), desc=f"[{study}]", unit=unit, file=file, leave=False,
-                            ncols=shutil.get_terminal_size((100, 24)).columns,  # (a terminal of unknown size: 100)
-                            bar_format="{desc} {bar} {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining}]{postfix}")
+        if _is_terminal(file):
+            self.bar = _tqdm(file, total=sum(totals), desc=f"[{study}]", unit=unit,
+                             bar_format="{desc} {bar} {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining}]{postfix}")
             self.counts_trials = unit == "trial"  # else the postfix counts them
             if not self.counts_trials:
                 self.bar.set_postfix_str(f"0/{len(totals)} trials", refresh=False)
@@ -61,6 +64,9 @@ class Bar:
         _BARS.pop(self.key, None)
         if self.bar is not None:
             self.bar.close()
+        with _LOCK:  # steps of this run's trials that never reached their end (a trial failed mid-step)
+            for desc in [d for d in _STEPS if d.startswith(f"[{self.study}] ")]:
+                _STEPS.pop(desc).close()
 
     def step(self, index: int, done: int) -> None:
         """Trial `index` has done `done` of its units (a retried or exploited epoch never counts twice)."""
@@ -81,19 +87,73 @@ def for_run(key: str) -> Bar | None:
     return _BARS.get(key)
 
 
-def append(artifact_dir: str, line: str) -> None:
+def append(artifact_dir: str, line: str, progress: tuple | None = None) -> None:
+    """One line of `<artifact_dir>/progress.log`: the text, and where the step counts, its count
+    (what, done, total) after tabs."""
     path = Path(artifact_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = " ".join(str(line).split())  # one line, no tabs
+    if progress is not None:
+        what, done, total = progress
+        text += f"\t{' '.join(str(what).split())}\t{int(done)}\t{int(total)}"
     with open(path, "a") as fh:  # one short line per write: appends do not interleave
-        fh.write(line.rstrip("\n") + "\n")
+        fh.write(text + "\n")
+
+
+def _parse(record: str) -> tuple[str, tuple | None]:
+    """(text, (what, done, total) or None) of a progress.log line."""
+    text, *count = record.split("\t")
+    if len(count) == 3 and count[1].isdigit() and count[2].isdigit():
+        return text, (count[0], int(count[1]), int(count[2]))
+    return text, None
+
+
+def _is_terminal(file) -> bool:
+    return bool(getattr(file, "isatty", lambda: False)())
+
+
+def _tqdm(file, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(file=file, leave=False, ncols=shutil.get_terminal_size((100, 24)).columns,  # unknown size: 100
+                **kwargs)
+
+
+def step(desc: str, done: int, total: int, file=None) -> None:
+    """Where `file` (stdout) is a terminal: a bar of one counted step (an extraction, an epoch's batches,
+    the FID classifier's epochs) under the others, closed when `done` reaches `total`. Elsewhere
+    nothing: the step's lines say how far it is."""
+    file = file or sys.stdout
+    if not _is_terminal(file):
+        return
+    with _LOCK:
+        bar = _STEPS.get(desc)
+        if bar is None and done < total:  # starts at `done`: tqdm's rate counts from here on
+            bar = _STEPS[desc] = _tqdm(file, total=total, initial=done, desc=desc,
+                                       bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+        elif bar is not None and done > bar.n:
+            bar.update(done - bar.n)
+        if bar is not None and done >= total:
+            bar.close()
+            _STEPS.pop(desc, None)
+
+
+def terminal(study: str):
+    """`say(line, progress=None)` for a workload's steps before Ray starts (its preflight): the line,
+    and in a terminal a bar of the step's count."""
+    def tell(line: str, progress: tuple | None = None) -> None:
+        say(f"[{study}] {line}")
+        if progress is not None:
+            step(f"[{study}] {progress[0]}", progress[1], progress[2])
+    return tell
 
 
 class Tail:
     """Prints new lines of each trial's progress file every `interval_s`, and once more at exit."""
 
     def __init__(self, say: Callable[[str], None], artifact_dirs: list[str], names: list[str],
-                 interval_s: float = 2.0) -> None:
-        self.say, self.interval_s = say, interval_s
+                 interval_s: float = 1.0, step: Callable[[str, int, int], None] | None = None) -> None:
+        self.say, self.interval_s, self.step = say, interval_s, step  # step(desc, done, total): a counted step
         self.files = [(Path(d) / FILE, name) for d, name in zip(artifact_dirs, names)]
         # lines already there (an earlier, interrupted run of the same trial) are not news
         self.offsets = {path: path.stat().st_size if path.exists() else 0 for path, _ in self.files}
@@ -123,5 +183,8 @@ class Tail:
                 continue
             complete = text[:text.rfind("\n") + 1]  # a line still being written waits for the next poll
             self.offsets[path] += len(complete.encode())
-            for line in complete.splitlines():
-                self.say(f"{name}: {line}")
+            for record in complete.splitlines():
+                text, count = _parse(record)
+                self.say(f"{name}: {text}")
+                if count is not None and self.step is not None:
+                    self.step(f"{name}: {count[0]}", count[1], count[2])

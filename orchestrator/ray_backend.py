@@ -367,7 +367,8 @@ def run_experiment(
         by_epoch = bool(epochs) and all(epochs)  # the bar counts epochs where every trial has them, else trials
         bar = progress_lines.Bar(run_key, exp.study, epochs if by_epoch else [1] * len(configs),
                                  "epoch" if by_epoch else "trial")
-        with watcher, bar, ProgressTail(say, artifact_dirs, names):
+        step = lambda desc, done, total: progress_lines.step(f"[{exp.study}] {desc}", done, total)  # noqa: E731
+        with watcher, bar, ProgressTail(say, artifact_dirs, names, step=step):
             tuner.fit()
     finally:
         failure = _FAILED.pop(collector.key, None)

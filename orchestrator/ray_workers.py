@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator import progress
+from orchestrator import progress as progress_file
 from orchestrator.provenance import package_version
 from orchestrator.spec import Scaling
 from workloads.runtime import REPLAY_KEY, STATE_FILE, TABLE_KEY, load_state, save_state, table_of
@@ -96,9 +96,9 @@ class _TuneRuntime:
             (Path(tmp) / ORIGIN_FILE).write_text(json.dumps(origin))
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    def say(self, line: str) -> None:
-        """A progress line the driver prints (progress.py)."""
-        progress.append(self.artifact_dir, line)
+    def say(self, line: str, progress: tuple | None = None) -> None:
+        """A progress line the driver prints, with the step's count (what, done, total) if it has one (progress.py)."""
+        progress_file.append(self.artifact_dir, line, progress)
 
     def restore(self):
         """The state of the trial's Tune checkpoint, if any: its own after a restart (PBT pauses and
@@ -189,10 +189,10 @@ class _TrainRuntime:
             (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    def say(self, line: str) -> None:
-        """A progress line the driver prints (progress.py); rank 0's only."""
+    def say(self, line: str, progress: tuple | None = None) -> None:
+        """A progress line the driver prints, with the step's count if it has one (progress.py); rank 0's only."""
         if self.is_rank_zero:
-            progress.append(self.artifact_dir, line)
+            progress_file.append(self.artifact_dir, line, progress)
 
     def barrier(self) -> None:
         import torch.distributed as dist

@@ -38,11 +38,12 @@ class Workload:
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
 
-    def check(self, config) -> None:
-        """Run the workload's preflight (e.g. is the data there?) on one config."""
+    def check(self, config, say=None) -> None:
+        """Run the workload's preflight (e.g. is the data there?) on one config; its progress lines go to
+        `say(line, progress=None)`."""
         if self.preflight:
             module, _, function = self.preflight.partition(":")
-            getattr(importlib.import_module(module), function)(config)
+            getattr(importlib.import_module(module), function)(config, say=say)
 
 
 def _floats(*names: str) -> dict[str, str]:

@@ -108,3 +108,30 @@ def test_a_run_in_a_terminal_draws_a_bar_and_shows_no_ray_notices(tmp_path):
     assert "\r[minimax] " in out and "5/5 trials [" in out, out[-3000:]
     assert "/100 converged" in out, out[-3000:]
     assert "Token authentication is enabled" not in out and "bottleneck" not in out, out[-3000:]
+
+
+def test_a_counted_step_travels_through_the_file_and_draws_its_own_bar(tmp_path, monkeypatch, capsys):
+    progress.append(str(tmp_path), "images 640/3000\t(55/s)\n", progress=("images", 640, 3000))
+    progress.append(str(tmp_path), "images 3000/3000", progress=("images", 3000, 3000))
+    progress.append(str(tmp_path), "image features cached")
+    lines = (tmp_path / progress.FILE).read_text().splitlines()
+    assert lines == ["images 640/3000 (55/s)\timages\t640\t3000", "images 3000/3000\timages\t3000\t3000",
+                     "image features cached"]  # one line each, the count after tabs
+    said, steps = [], []
+    tail = progress.Tail(said.append, [str(tmp_path)], ["clip-x"], step=lambda *a: steps.append(a))
+    tail.offsets = {path: 0 for path in tail.offsets}
+    tail.poll()
+    assert said == ["clip-x: images 640/3000 (55/s)", "clip-x: images 3000/3000", "clip-x: image features cached"]
+    assert steps == [("clip-x: images", 640, 3000), ("clip-x: images", 3000, 3000)]
+
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    tell = progress.terminal("gan")  # a workload's preflight, before Ray: the line, and in a terminal a bar
+    tell("FID classifier epoch 1/4", progress=("FID classifier epochs", 1, 4))
+    assert "[gan] FID classifier epochs" in progress._STEPS
+    tell("FID classifier epoch 4/4", progress=("FID classifier epochs", 4, 4))
+    assert not progress._STEPS  # closed at its total
+    assert "[gan] FID classifier epoch 1/4\n" in screen.getvalue() and "1/4 [" in screen.getvalue()
+    monkeypatch.undo()
+    progress.step("[gan] x", 1, 4)  # not a terminal: no bar
+    assert not progress._STEPS

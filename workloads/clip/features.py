@@ -82,7 +82,8 @@ def encode_texts(model, tokenize, texts: list[str], batch: int = 256, say=None,
 
 
 def _progress(say, what: str, done: int, total: int, started: float, every_s: float = 10.0) -> None:
-    """A line every ~10 s of a long extraction: how far, how fast, how long left."""
+    """A line every ~10 s of a long extraction: how far, how fast, how long left; with the count as
+    `progress=(what, done, total)`, which a terminal shows as a bar (orchestrator/progress.py)."""
     if not say:
         return
     done = min(done, total)
@@ -92,7 +93,8 @@ def _progress(say, what: str, done: int, total: int, started: float, every_s: fl
         return
     _progress.last = time.perf_counter()
     rate = done / max(elapsed, 1e-9)
-    say(f"{what} {done}/{total} ({rate:.0f}/s, ~{(total - done) / max(rate, 1e-9):.0f} s left)")
+    say(f"{what} {done}/{total} ({rate:.0f}/s, ~{(total - done) / max(rate, 1e-9):.0f} s left)",
+        progress=(what, done, total))
 
 
 def cached(kind: str, ident: dict, compute, say=None) -> torch.Tensor:

@@ -98,7 +98,9 @@ def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normal
     autocast = bf16_autocast(device, bf16)
 
     def prefixed(encoder: str, name: str):  # "efficientnet-lite0, train: images 640/3000 (55/s, ~43 s left)"
-        return say and (lambda line: say(f"{encoder.removeprefix('pkg:')}, {name}: {line}"))
+        where = f"{encoder.removeprefix('pkg:')}, {name}"
+        return say and (lambda line, progress=None: say(f"{where}: {line}", progress=progress and (
+            f"{where}: {progress[0]}", *progress[1:])))
 
     def load(name, split, compute: bool) -> tuple:
         image_say, text_say = prefixed(config.image_model, name), prefixed(config.text_model, name)
@@ -339,8 +341,9 @@ def write_prompts(model, tokenizer, config: Config, test, image_emb: torch.Tenso
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def preflight(config: Config) -> None:
-    """Before Ray starts: the data is readable and the encoders and tokenizer can be built offline."""
+def preflight(config: Config, say=None) -> None:
+    """Before Ray starts: the data is readable and the encoders and tokenizer can be built offline
+    (quick: nothing to say)."""
     data.load_splits(config)
     encoders.check_available(config.image_model, config.text_model, config.pretrained)
     encoders.build_tokenizer(config.text_model, config.tokenizer)

@@ -146,7 +146,7 @@ def train_loop(config: Config, runtime) -> None:
             if say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
                 said, done = time.perf_counter(), time.perf_counter() - epoch_start
                 say(f"epoch {epoch}/{config.epochs}: step {i}/{len(loader)} (~{done / i * (len(loader) - i):.0f} s left "
-                    "in the epoch)")
+                    "in the epoch)", progress=(f"epoch {epoch} steps", i, len(loader)))
             real = real.to(device).contiguous(memory_format=layout)
             b = real.size(0)
             z = torch.randn(b, config.latent_dim, device=device, generator=rng.noise)  # this rank's own noise
@@ -209,8 +209,9 @@ def train_loop(config: Config, runtime) -> None:
     runtime.report(final, final=True)
 
 
-def preflight(config: Config) -> None:
-    """Before Ray starts: make sure the data is there and the FID classifier is cached (trains it once)."""
-    say = lambda line: print(f"[gan] {line}", flush=True)  # noqa: E731  (the CLI's terminal: before Ray starts)
+def preflight(config: Config, say=None) -> None:
+    """Before Ray starts: make sure the data is there and the FID classifier is cached (trains it once).
+    `say(line, progress=None)`: the caller's terminal (default: print the line)."""
+    say = say or (lambda line, progress=None: print(f"[gan] {line}", flush=True))
     data.locate(config.data_dir, config.cache_dir, say=say)
     quality.load_classifier(config.data_dir, config.cache_dir, say=say)

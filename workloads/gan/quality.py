@@ -61,7 +61,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 4, seed: in
             if say:
                 elapsed = time.perf_counter() - started
                 say(f"FID classifier epoch {epoch}/{epochs}: mean loss {total / seen:.3f} ({elapsed:.0f} s, "
-                    f"~{elapsed / epoch * (epochs - epoch):.0f} s left)")
+                    f"~{elapsed / epoch * (epochs - epoch):.0f} s left)", progress=("FID classifier epochs", epoch, epochs))
     return model.eval()
 
 
