@@ -123,6 +123,8 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
                 say(f"[{name}] --scheduler {scheduler}: {why}: every trial runs to its end")
             else:
                 exp = dataclasses.replace(exp, scheduler=scheduler)
+        if exp.scaling.use_gpu and not WORKLOADS[name].gpu:
+            raise SpecError(f"{name}: use_gpu=true, but its trials are NumPy: they never use a GPU")
         keys = [trial_key(c) for c in exp.trial_configs()]
         if len(set(keys)) < len(keys):
             raise SpecError(f"{name}: {len(keys) - len(set(keys))} trials repeat others (e.g. --sweep seed=... with "
@@ -187,6 +189,8 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
             except (OSError, ValueError, ImportError) as exc:
                 hint = ON_CLUSTER_HINT if on_cluster and isinstance(exc, FileNotFoundError) else ""
                 raise SpecError(f"{exp.study}: {str(exc).rstrip('.')}{hint}") from None
+            finally:
+                progress.close_steps(f"[{exp.study}] ")  # a step cut short by an error stays drawn otherwise
 
 
 def _run(args: argparse.Namespace) -> int:

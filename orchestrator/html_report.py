@@ -52,7 +52,11 @@ def _img(path: Path, caption: str = "", photo: bool = False) -> str:
         from PIL import Image
 
         buffer = io.BytesIO()
-        Image.open(path).convert("RGB").save(buffer, "JPEG", quality=85)
+        with Image.open(path) as image:
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, "white")  # transparent areas white, as on the page
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            flat.save(buffer, "JPEG", quality=85)
         data, kind = buffer.getvalue(), "jpeg"
     tag = (f'<img alt="{html.escape(caption or path.stem)}" '
            f'src="data:image/{kind};base64,{base64.b64encode(data).decode()}">')

@@ -8,7 +8,8 @@ import dataclasses
 from orchestrator.experiments import EXPERIMENTS
 from orchestrator.registry import WORKLOADS
 
-TRAIN_ONLY = ("num_workers", "use_gpu", "gpus_per_worker", "max_failures", "sync_bn")  # Scaling fields of Train runs
+TRAIN_ONLY = ("num_workers", "max_failures", "sync_bn")  # Scaling fields of Train runs (DDP workers, restarts)
+GPU_ONLY = ("use_gpu", "gpus_per_worker")  # Scaling fields of studies whose trials can use a GPU
 
 
 def field_comments(cls) -> dict[str, str]:
@@ -40,17 +41,18 @@ def list_studies() -> int:
         for profile, exp in profiles.items():
             print(f"  --profile {profile}: {exp.summary}")
         exp, paper = profiles["local"], profiles["paper"]
-        single = not WORKLOADS[name].distributed
+        hidden = (TRAIN_ONLY if not WORKLOADS[name].distributed else ()) + (GPU_ONLY if not WORKLOADS[name].gpu else ())
         print("  settings (--set FIELD=VALUE; defaults of the local profile):")
         for obj, other in ((exp.config, paper.config), (exp.scaling, paper.scaling)):
             comments = field_comments(type(obj))
             for f in dataclasses.fields(obj):
                 comment = comments.get(f.name, "")
-                if comment.startswith("test hook") or (single and obj is exp.scaling and f.name in TRAIN_ONLY):
+                if comment.startswith("test hook") or (obj is exp.scaling and f.name in hidden):
                     continue  # accepted by --set, but not a setting of this study
                 value, theirs = getattr(obj, f.name), getattr(other, f.name)
                 diff = f"  (paper: {_shown(theirs)})" if theirs != value else ""
                 print(f"    {name}.{f.name} = {_shown(value)}{diff}{f'  # {comment}' if comment else ''}")
-        if single:
-            print(f"  ({name} trials are single processes: the Train settings {', '.join(TRAIN_ONLY)} do not apply)")
+        if hidden:
+            print(f"  ({name}: {', '.join(hidden)} do not apply: its trials are single"
+                  f"{' NumPy' if not WORKLOADS[name].gpu else ''} processes)")
     return 0

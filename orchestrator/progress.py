@@ -18,6 +18,8 @@ log file there are no bars: the lines say it all (each says how far, and how lon
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import sys
 import threading
@@ -31,13 +33,17 @@ _LOCK = threading.Lock()  # steps are drawn from the Tail's thread and the main 
 
 
 def say(line: str) -> None:
-    """A line to the terminal: above the bars where any are drawn (else they would be torn)."""
-    if _BARS or _STEPS:
-        from tqdm import tqdm
+    """A line to the terminal: above the bars where any are drawn (else they would be torn). A reader
+    that went away (`run all | head`) must not end the run: the rest goes nowhere."""
+    try:
+        if _BARS or _STEPS:
+            from tqdm import tqdm
 
-        tqdm.write(line, file=sys.stdout)
-    else:
-        print(line)
+            tqdm.write(line, file=sys.stdout)
+        else:
+            print(line)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class Bar:
@@ -47,7 +53,7 @@ class Bar:
     def __init__(self, key: str, study: str, totals: list[int], unit: str, file=None) -> None:
         file = file or sys.stdout
         self.key, self.study, self.totals, self.done, self.ended = key, study, totals, [0] * len(totals), 0
-        self.bar = None
+        self.bar, self._logs = None, None
         if _is_terminal(file):
             self.bar = _tqdm(file, total=sum(totals), desc=f"[{study}]", unit=unit,
                              bar_format="{desc} {bar} {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining}]{postfix}")
@@ -58,19 +64,29 @@ class Bar:
     def __enter__(self) -> "Bar":
         if self.bar is not None:
             _BARS[self.key] = self
+            # Ray's own log records (stderr) go above the bars too, not through them
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._logs = logging_redirect_tqdm(loggers=[logging.getLogger("ray")])
+            self._logs.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._logs is not None:
+            self._logs.__exit__(*exc)
         _BARS.pop(self.key, None)
         if self.bar is not None:
             self.bar.close()
-        with _LOCK:  # steps of this run's trials that never reached their end (a trial failed mid-step)
-            for desc in [d for d in _STEPS if d.startswith(f"[{self.study}] ")]:
-                _STEPS.pop(desc).close()
+        close_steps(f"[{self.study}] ")  # steps that never reached their end
 
     def step(self, index: int, done: int) -> None:
         """Trial `index` has done `done` of its units (a retried or exploited epoch never counts twice)."""
         done = min(done, self.totals[index])
+        if self.bar is not None and self.done[index] == 0 and done > 1:
+            # a trial resumed at epoch k+1 did k epochs in an earlier run: counted, but not in tqdm's rate
+            self.bar.n += done - 1
+            self.bar.initial += done - 1
+            self.done[index] = done - 1
         if self.bar is not None and done > self.done[index]:
             self.bar.update(done - self.done[index])
         self.done[index] = max(done, self.done[index])
@@ -112,11 +128,15 @@ def _is_terminal(file) -> bool:
     return bool(getattr(file, "isatty", lambda: False)())
 
 
-def _tqdm(file, **kwargs):
+def _tqdm(file, desc: str, **kwargs):
+    """A bar as wide as the terminal (unknown: 100); a long description keeps its end (what is
+    counted), so the count and the time left always fit."""
     from tqdm import tqdm
 
-    return tqdm(file=file, leave=False, ncols=shutil.get_terminal_size((100, 24)).columns,  # unknown size: 100
-                **kwargs)
+    width = shutil.get_terminal_size((100, 24)).columns
+    room = max(20, int(width * 0.45))
+    desc = desc if len(desc) <= room else "…" + desc[-(room - 1):]
+    return tqdm(file=file, desc=desc, leave=False, ncols=width, **kwargs)
 
 
 def step(desc: str, done: int, total: int, file=None) -> None:
@@ -133,9 +153,20 @@ def step(desc: str, done: int, total: int, file=None) -> None:
                                        bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
         elif bar is not None and done > bar.n:
             bar.update(done - bar.n)
+        elif bar is not None and done < bar.n:  # the step started over (a restarted worker)
+            bar.reset(total=total)
+            bar.update(done)
         if bar is not None and done >= total:
             bar.close()
             _STEPS.pop(desc, None)
+
+
+def close_steps(prefix: str) -> None:
+    """Close the step bars whose description starts with `prefix` (a trial's: its epoch reported, or it
+    ended; a study's: its preflight failed); a step that stopped short of its total would stay drawn."""
+    with _LOCK:
+        for desc in [d for d in _STEPS if d.startswith(prefix)]:
+            _STEPS.pop(desc).close()
 
 
 def terminal(study: str):
@@ -167,7 +198,8 @@ class Tail:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.poll()
+        if not self._thread.is_alive():  # else its poll is still going (slow storage): two would print twice
+            self.poll()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -22,8 +22,8 @@ from typing import Callable
 
 import pandas as pd
 
-from orchestrator import ray_cluster, ray_schedulers, ray_trackers, ray_workers, schemas
 from orchestrator import progress as progress_lines
+from orchestrator import ray_cluster, ray_schedulers, ray_session, ray_trackers, ray_workers, schemas
 from orchestrator.progress import Tail as ProgressTail
 from orchestrator.provenance import code_version
 from orchestrator.registry import Workload
@@ -97,24 +97,30 @@ def _collector_classes():
     return Collector, StopOnFailure
 
 
-def train_run_names(storage: str, names: list[str], bases: list[str]) -> list[str]:
+def train_run_names(storage: str, names: list[str], bases: list[str],
+                    say: Callable[[str], None] = lambda _: None) -> list[str]:
     """Each Train run's name, its folder under `storage` and its name in the dashboard's Train view:
     the trial's name and its files' base, e.g. `gan-lr=0.0002,beta1=0.5-3fa2c1d0e9ab`. Train V2
     resumes a run from its storage by name, so a trial whose folder is already there under another
-    name (its config named by another sweep's axes, or an older version's `<study>-<base>`) keeps it."""
+    name (its config named by another sweep's axes, or an older version's `<study>-<base>`) keeps it
+    (the newest, where several are)."""
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
     try:
         fs, root = pafs.FileSystem.from_uri(storage if "://" in storage else os.path.abspath(storage))
-        there = [info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        there = [(info.mtime_ns or 0, info.base_name)
+                 for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                  if info.type == pafs.FileType.Directory]
-    except (OSError, ValueError):  # storage not listable now: Train creates it; nothing to resume by another name
+    except (OSError, ValueError, NotImplementedError, pa.ArrowException) as exc:
+        say(f"cannot list {storage} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): trials "
+            "interrupted in an earlier run under another name start over")
         there = []
     chosen = []
     for name, base in zip(names, bases):
-        earlier = sorted(d for d in there if d.endswith(f"-{base}"))
+        earlier = sorted(d for d in there if d[1].endswith(f"-{base}"))
         readable = re.sub(r"[^A-Za-z0-9._=,+-]", "_", str(name))[:100]  # a path segment on any storage
-        chosen.append(earlier[0] if earlier else f"{readable}-{base}")
+        chosen.append(earlier[-1][1] if earlier else f"{readable}-{base}")
     return chosen
 
 
@@ -188,6 +194,7 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Run every trial of `exp` except those in `done_before` (the caller's store.finished rows; none
     with `fresh`); write rows as they arrive; return this run's trial rows and the kept ones."""
+    ray_session.quiet_ray()  # before ray.tune is imported (also for callers that started Ray themselves)
     from ray import tune
 
     progress = progress or _say  # never `print` itself: Tune pickles the callbacks (closures over it), and
@@ -248,6 +255,7 @@ def run_experiment(
             bar = progress_lines.for_run(run_key)
             if bar is not None:
                 bar.step(index, step)
+                progress_lines.close_steps(f"[{exp.study}] {names[index]}: ")  # its steps within that epoch are over
             shown = {k: frame[k].iloc[0] for k in (workload.metric, *(workload.early_stop or ())[:1], "loss", "loss_d",
                                                    "loss_g") if k in frame}
             total = int(getattr(configs[index], "epochs", 0) or 0)
@@ -284,6 +292,7 @@ def run_experiment(
         bar = progress_lines.for_run(run_key)
         if bar is not None:
             bar.end(index)
+            progress_lines.close_steps(f"[{exp.study}] {names[index]}: ")
         done = len(configs) - len(rows)
         tail = f"  error: {error}" if error else ""
         progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()}: {names[index]} ({trial_id}, "
@@ -308,7 +317,7 @@ def run_experiment(
     if distributed:
         trainable = tune.with_resources(
             tune.with_parameters(ray_workers.train_driver, module=workload.module, configs=configs, artifact_dirs=artifact_dirs,
-                                 names=train_run_names(storage, names, bases), scaling=exp.scaling, storage=storage,
+                                 names=train_run_names(storage, names, bases, say), scaling=exp.scaling, storage=storage,
                                  allow_cpu_fallback=fallback),
             {"cpu": 0, DRIVER_RESOURCE: 1},  # the driver only waits on its TorchTrainer's workers
         )

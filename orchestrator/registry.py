@@ -30,6 +30,7 @@ class Workload:
     # a bool column a run's one-line summary counts instead of showing its best `metric` (minimax: how many
     # (algorithm, lr) rows converged; its best final_distance, ~1e-300 for any converged row, says nothing)
     headline_count: str | None = None
+    gpu: bool = True  # its trials can use a GPU (use_gpu); minimax is NumPy: never
 
     def runs_distributed(self, config) -> bool:
         """Is a trial of this config a Ray Train run (else a plain Tune function trial)?"""
@@ -60,7 +61,7 @@ WORKLOADS: dict[str, Workload] = {
     "minimax": Workload(
         "workloads.minimax", metric="final_distance", mode="min", distributed=False,
         row_exclude=("algorithms", "lrs"),  # every row has its own `algorithm` and `lr`
-        headline_count="converged",
+        headline_count="converged", gpu=False,
         columns={
             "trials": {"algorithm": "str", **_floats("lr", "final_x", "final_y", "final_distance", "initial_distance",
                                                      "rate"),

@@ -74,6 +74,7 @@ def test_rerun_keeps_finished_trials_and_fresh_reruns_them(finished_run, capsys)
     (["run", "minimax", "--set", "lr_max=abc"], "expected a number"),
     (["run", "minimax", "--set", "lrs=0.1,0"], "lr must be"),
     (["run", "minimax", "--set", "steps=-3"], "steps must be > 0"),
+    (["run", "minimax", "--set", "use_gpu=true"], "never use a GPU"),
     (["report", "minimax", "--run", "no-such-run"], "no run 'no-such-run'"),
 ])
 def test_bad_input_is_one_line_and_leaves_results_intact(finished_run, capsys, argv, message):
@@ -174,7 +175,7 @@ def test_html_report_is_self_contained(finished_run, capsys):
     # headed by its key result in one sentence, numbers in real tables, no best-of distance of ~1e-300
     assert '<p class="key">The measured stable learning rates match the analytic ones' in page
     assert page.count('<table class="sortable">') == 2 and "final_distance" not in page
-    assert_report_renders(finished_run / "report.html")
+    assert_report_renders(finished_run / "report.html", plots=2)  # the minimax heatmap and curves
 
 
 def test_a_run_that_cannot_start_leaves_the_report_as_it_was(finished_run, capsys):

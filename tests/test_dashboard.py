@@ -69,8 +69,11 @@ def test_train_runs_are_named_by_trial_and_keep_an_earlier_folder_of_the_same_tr
 
     (tmp_path / "gan-aaaaaaaaaaaa").mkdir()  # an older version's name of trial aaaa...
     (tmp_path / "gan-20261130-000000-0000").mkdir()  # Tune's experiment folder: no trial's
+    (tmp_path / "gan-lr=0.5-bbbbbbbbbbbb").mkdir()  # trial bbbb... under two names: the newest is kept
+    (tmp_path / "gan-lr=0.4-bbbbbbbbbbbb").mkdir()
+    os.utime(tmp_path / "gan-lr=0.5-bbbbbbbbbbbb", (1e9, 1e9))
     names = train_run_names(str(tmp_path), ["gan-lr=0.0002", "clip-image_model=a/b c,seed=1", "gan-lr=0.0001"],
                             ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc-20261130-000000-0000"])
-    assert names == ["gan-aaaaaaaaaaaa", "clip-image_model=a_b_c,seed=1-bbbbbbbbbbbb",
+    assert names == ["gan-aaaaaaaaaaaa", "gan-lr=0.4-bbbbbbbbbbbb",
                      "gan-lr=0.0001-cccccccccccc-20261130-000000-0000"]
     assert train_run_names(str(tmp_path / "absent"), ["gan"], ["dddddddddddd"]) == ["gan-dddddddddddd"]

@@ -135,3 +135,40 @@ def test_a_counted_step_travels_through_the_file_and_draws_its_own_bar(tmp_path,
     monkeypatch.undo()
     progress.step("[gan] x", 1, 4)  # not a terminal: no bar
     assert not progress._STEPS
+
+
+def test_step_bars_start_over_close_by_trial_and_keep_their_count_visible(monkeypatch):
+    screen = _Terminal()
+    long = "[clip] clip-image_model=efficientnet-lite2,text_model=all-mpnet-base-v2,seed=43: " * 2 + "images"
+    progress.step(long, 640, 3000, file=screen)
+    progress.step(long, 64, 3000, file=screen)  # a restarted worker counts again from the start
+    assert progress._STEPS[long].n == 64
+    progress.step("[clip] other: captions", 1, 9, file=screen)
+    progress.close_steps("[clip] clip-image_model")  # that trial's epoch came, or it ended
+    assert list(progress._STEPS) == ["[clip] other: captions"]
+    progress.close_steps("[clip] ")
+    drawn = [line for line in screen.getvalue().split("\r") if "images" in line]
+    assert drawn and all("…" in line and "/3000 [" in line for line in drawn)  # the end of a long label, and the count
+
+
+def test_a_resumed_trials_earlier_epochs_count_but_not_in_the_rate():
+    with progress.Bar("run-c", "gan", [10], "epoch", file=_Terminal()) as bar:
+        bar.step(0, 6)  # resumed at epoch 6: 5 epochs ran in an earlier run
+        assert (bar.bar.n, bar.bar.initial) == (6, 5)
+
+
+def test_a_reader_that_went_away_does_not_end_the_run(monkeypatch):
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError
+
+        def fileno(self):
+            return self.fd
+
+    gone = Gone()
+    gone.fd = os.dup(1)
+    monkeypatch.setattr(sys, "stdout", gone)
+    try:
+        progress.say("a line nobody reads")  # no exception: the rest goes to /dev/null
+    finally:
+        os.close(gone.fd)

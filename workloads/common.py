@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 
 DATA_ENV = "ORCHESTRATOR_DATA_DIR"  # the folder holding FashionMNIST/ and flickr8k/
@@ -82,3 +83,19 @@ def save_grid(images, path: Path, nrow: int = 8, captions: list[str] | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         vutils.save_image(images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+
+
+def say_progress(say, what: str, done: int, total: int, started: float, every_s: float = 10.0) -> None:
+    """A line every ~10 s of a long counted step (decoding, extraction): how far, how fast, how long
+    left; the count as `progress=(what, done, total)`, which a terminal shows as a bar."""
+    if not say:
+        return
+    done = min(done, total)
+    elapsed = time.perf_counter() - started
+    last = getattr(say_progress, "last", 0.0)
+    if done < total and time.perf_counter() - last < every_s:
+        return
+    say_progress.last = time.perf_counter()
+    rate = done / max(elapsed, 1e-9)
+    say(f"{what} {done}/{total} ({rate:.0f}/s, ~{(total - done) / max(rate, 1e-9):.0f} s left)",
+        progress=(what, done, total))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from workloads.clip import images as images_mod
 from workloads.clip.config import Config
-from workloads.common import atomic_path, build_lock, cache_root
+from workloads.common import atomic_path, build_lock, cache_root, say_progress
 
 VERSION = 4  # bump when extraction changes
 
@@ -58,7 +58,7 @@ def encode_images(model, images, normalise, batch: int = 64, say=None, autocast=
         with autocast:
             f = model.image_features(normalise(x))
         out.append(f.float().cpu())
-        _progress(say, "images", (i + 1) * batch, len(images), started)
+        say_progress(say, "images", (i + 1) * batch, len(images), started)
     return torch.cat(out)
 
 
@@ -74,27 +74,11 @@ def encode_texts(model, tokenize, texts: list[str], batch: int = 256, say=None,
         with autocast:
             f = model.text_features(**tokenize([texts[j] for j in order[i:i + batch]]))
         out.append(f.float().cpu())
-        _progress(say, "captions", i + batch, len(texts), started)
+        say_progress(say, "captions", i + batch, len(texts), started)
     features = torch.cat(out) if out else torch.zeros(0)
     restored = torch.empty_like(features)
     restored[torch.as_tensor(order, dtype=torch.long)] = features
     return restored
-
-
-def _progress(say, what: str, done: int, total: int, started: float, every_s: float = 10.0) -> None:
-    """A line every ~10 s of a long extraction: how far, how fast, how long left; with the count as
-    `progress=(what, done, total)`, which a terminal shows as a bar (orchestrator/progress.py)."""
-    if not say:
-        return
-    done = min(done, total)
-    elapsed = time.perf_counter() - started
-    last = getattr(_progress, "last", 0.0)
-    if done < total and time.perf_counter() - last < every_s:
-        return
-    _progress.last = time.perf_counter()
-    rate = done / max(elapsed, 1e-9)
-    say(f"{what} {done}/{total} ({rate:.0f}/s, ~{(total - done) / max(rate, 1e-9):.0f} s left)",
-        progress=(what, done, total))
 
 
 def cached(kind: str, ident: dict, compute, say=None) -> torch.Tensor:

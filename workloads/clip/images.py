@@ -16,13 +16,14 @@ import hashlib
 import json
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from workloads.common import atomic_path, build_lock, cache_root
+from workloads.common import atomic_path, build_lock, cache_root, say_progress
 
 VERSION = 1  # bump when the decoding changes
 
@@ -48,9 +49,11 @@ def _decode_chunk(args: tuple[str, list[str], int]) -> np.ndarray:
     return np.stack([resize_crop(Path(root) / name, size) for name in names])
 
 
-def image_array(root: Path, names: list[str], size: int, cache_dir: str = "", workers: int = 0) -> np.ndarray:
+def image_array(root: Path, names: list[str], size: int, cache_dir: str = "", workers: int = 0,
+                say=None) -> np.ndarray:
     """The (N, size, size, 3) uint8 array of these images, memory-mapped from the cache; decoded
-    once (by one builder at a time, in `workers` processes: default every core this process may use)."""
+    once (by one builder at a time, in `workers` processes: default every core this process may use),
+    saying how far every ~10 s."""
     key = hashlib.sha1(json.dumps([str(root), names, size, VERSION]).encode()).hexdigest()[:16]
     path = cache_root(cache_dir) / "clip_images" / f"{key}.npy"
     if not path.exists():
@@ -59,12 +62,20 @@ def image_array(root: Path, names: list[str], size: int, cache_dir: str = "", wo
                 # the CPUs this process was given (Ray sets OMP_NUM_THREADS to a worker's CPUs), not the node's
                 workers = workers or int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
                 chunks = [(str(root), names[i:i + 64], size) for i in range(0, len(names), 64)]
+                parts, started = [], time.perf_counter()
+
+                def decoded(results) -> None:  # collect the chunks in order, saying how far
+                    for part in results:
+                        parts.append(part)
+                        say_progress(say, "decoding images", len(parts) * 64 if len(parts) < len(chunks) else len(names),
+                                     len(names), started)
+
                 if workers > 1 and len(chunks) > 1:
                     # forkserver: no fork of a process that already runs threads (Ray's, torch's) or CUDA
                     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-                        parts = list(pool.map(_decode_chunk, chunks))
+                        decoded(pool.map(_decode_chunk, chunks))  # in order, as each chunk is done
                 else:
-                    parts = [_decode_chunk(chunk) for chunk in chunks]
+                    decoded(_decode_chunk(chunk) for chunk in chunks)
                 with atomic_path(path) as tmp:
                     np.save(tmp, np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8))
     return np.load(path, mmap_mode="r")

@@ -74,9 +74,10 @@ def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict:
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
 
-def split_images(config: Config, split) -> images_mod.ArrayImages:
+def split_images(config: Config, split, say=None) -> images_mod.ArrayImages:
     """The split's images, decoded once into the cache (uint8, memory-mapped)."""
-    return images_mod.ArrayImages(images_mod.image_array(split.root, split.images, config.image_size, config.cache_dir))
+    return images_mod.ArrayImages(images_mod.image_array(split.root, split.images, config.image_size, config.cache_dir,
+                                                         say=say))
 
 
 def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, device, say=None,
@@ -109,7 +110,7 @@ def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normal
             if image_say:
                 image_say(f"decoding {len(split.images)} images at {config.image_size} px (once per cache), then "
                           f"extracting features{' in bf16' if bf16 else ''}")
-            return features.encode_images(unwrap(model), split_images(config, split), normalise, say=image_say,
+            return features.encode_images(unwrap(model), split_images(config, split, image_say), normalise, say=image_say,
                                           autocast=autocast)
 
         return (features.cached("image", features.image_key(config, split, bf16), compute and images, image_say),
