@@ -307,10 +307,11 @@ def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
         headline = f"{int(ok[workload.headline_count].astype(bool).sum())}/{len(ok)} {workload.headline_count}"
     else:
         best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
-        headline = f"best {workload.metric} ({'lowest' if workload.mode == 'min' else 'highest'}) = {best:.4g}"
+        # one trial's value: `report` gives each configuration's mean ± std over its seeds
+        headline = f"best trial's {workload.metric} ({'lowest' if workload.mode == 'min' else 'highest'}) = {best:.4g}"
     stopped = int((trials["status"] == STOPPED).sum())
     early = f" ({stopped} stopped early by {exp.scheduler})" if stopped else ""
-    return exp.study, f"{len(ok)}/{len(trials)} rows ok{early}   {headline}   {seconds:.0f} s"
+    return exp.study, f"{f'{len(ok)}/{len(trials)} rows ok{early}':<20} {headline:<42} {seconds:>5.0f} s"
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -64,9 +64,9 @@ def comparison(trials: pd.DataFrame) -> pd.DataFrame:
             if column in group:
                 row[column] = f"{group[column].iloc[0] / 1e6:.1f}M"
         if "images_per_s" in group:
-            row["train img/s"] = f"{group['images_per_s'].mean():.0f}"
+            row["heads img/s"] = f"{group['images_per_s'].mean():.0f}"
         if "selected_epoch" in group:
-            row["epoch (val)"] = ",".join(str(int(e)) for e in group["selected_epoch"].dropna())
+            row["chosen epochs"] = ",".join(str(int(e)) for e in group["selected_epoch"].dropna())
         row["_mean"] = group[HEADLINE].mean()
         rows.append(row)
     return pd.DataFrame(rows).sort_values("_mean", ascending=False)
@@ -135,7 +135,25 @@ def conclusion(trials: pd.DataFrame) -> list[str]:
     lines.append("  the study's claims: the pair with the largest image encoder won (A: ResNet-50 + DistilBERT > "
                  "C: ResNet-34 + RoBERTa > B: ResNet-18 + BERT), and a larger text encoder did not rescue a small "
                  "image encoder: the image side matters most")
+    lines.append(f"  here: {_verdict(trials, order, means)}")
     return lines
+
+
+def _verdict(trials: pd.DataFrame, order: pd.Series, means: pd.Series) -> str:
+    """Does this run bear out the study's claim that the largest image encoder's pair wins?"""
+    params = trials.groupby("configuration")["image_params"].first()
+    largest = params[params == params.max()].index
+    if len(order) < 2 or params.nunique() < 2:
+        return "not tested (one image encoder size)"
+    if order.index[0] not in largest:
+        rank = min(list(order.index).index(c) for c in largest) + 1
+        return (f"the claim does not hold: the pair with the largest image encoder ranks {rank} of {len(order)} "
+                f"({order.index[0]} is first)")
+    _, se, real = difference(pd.Series(means[order.index[1]]), pd.Series(means[order.index[0]]))
+    if real:
+        return "the claim holds: the pair with the largest image encoder is first, beyond seed noise"
+    return ("not shown: the pair with the largest image encoder is first, but within seed noise of the next"
+            if se == se else "not tested: the pair with the largest image encoder is first, on one seed")
 
 
 def published_rows(test_images: int, dataset: str) -> str:

@@ -25,13 +25,13 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;display:block;margin:.5em 0}
 .grids{display:grid;grid-template-columns:1fr;gap:1em}@media(min-width:1000px){.grids.two{grid-template-columns:1fr 1fr}}
 figure{margin:0}figcaption{font-size:13px;color:#555}.samples img{image-rendering:pixelated;width:100%;max-width:560px}
-.plot{overflow-x:auto;max-width:100%}.sd{color:#666;font-size:12px}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}details{margin:.8em 0}
+.plot{overflow-x:auto;max-width:100%}.hint{display:none;font-size:12px;color:#777;margin:0}.sd{color:#666;font-size:12px}
+.legend{font-size:12px;color:#555;margin:.2em 0 .8em}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}details{margin:.8em 0}
 @media(max-width:700px){table,tbody,tr,td{display:block;width:100%;box-sizing:border-box}thead{display:none}
 tr{border:1px solid #ccc;margin:.6em 0}td{border:0;border-bottom:1px solid #eee;text-align:right;white-space:normal;
 overflow-wrap:anywhere;padding-left:45%;position:relative}td:first-child{text-align:right;font-weight:600}
 td::before{content:attr(data-label);position:absolute;left:8px;width:40%;text-align:left;color:#555;font-weight:400}
-.plot img{width:900px;max-width:none}}"""
+.plot img{width:900px;max-width:none}.hint{display:block}}"""
 # a phone: each table row becomes a card of "column: value" lines (nothing to scroll); a plot of several
 # panels keeps a readable 900 px and scrolls sideways inside its own box (swipe), the page never does
 
@@ -63,6 +63,25 @@ def _img(path: Path, caption: str = "", photo: bool = False) -> str:
     return f"<figure>{tag}<figcaption>{html.escape(caption)}</figcaption></figure>" if caption else tag
 
 
+# what a column means, shown when the pointer rests on its header (and listed under the table)
+GLOSSARY = {
+    "measured": "learning rates at which the run converged to the saddle", "analytic": "where the update's "
+    "spectral radius is below 1", "grid points": "learning rates tried", "converged": "rows that reached the saddle",
+    "disagree": "grid points where measured and analytic differ",
+    "fid": "Fréchet distance of generated to real test images in the FashionMNIST classifier's features (lower is better)",
+    "class_coverage": "share of the 10 classes the classifier finds among generated images",
+    "class_entropy": "entropy of those classes, normalised (1: all equally often)",
+    "d_x": "D's mean output on real images (1: sure they are real)", "d_g_z": "D's mean output on generated images",
+    "images_per_s": "training images per second", "wall_time_s": "seconds the trial ran",
+    **{f"{d}_r{k}": f"{'text to image' if d == 't2i' else 'image to text'} recall@{k}: share of queries whose match "
+       f"ranks in the top {k}" for d in ("t2i", "i2t") for k in (1, 5, 10)},
+    **{f"{d}_median_rank": "median rank of the true match (1 is best)" for d in ("t2i", "i2t")},
+    "image_params": "image encoder parameters", "text_params": "text encoder parameters",
+    "heads img/s": "training speed of the projection heads on cached features (extraction is separate)",
+    "chosen epochs": "the epoch chosen on val, per seed", "seeds": "trials averaged (mean ± std over seeds)",
+}
+
+
 def _table(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
     """A sortable HTML table; floats rounded per column (`digits`, default 3 significant). Each cell
     carries its column's name (data-label): on a phone the rows become cards of labelled values."""
@@ -78,11 +97,16 @@ def _table(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
         mean, pm, sd = text.partition(" ± ")
         return html.escape(mean) + (f'<br><span class="sd">± {html.escape(sd)}</span>' if pm else "")
 
-    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in frame.columns)  # may wrap at _
+    head = "".join(f'<th title="{html.escape(GLOSSARY.get(str(c), ""))}">{html.escape(str(c)).replace("_", "_<wbr>")}</th>'
+                   for c in frame.columns)  # a header may wrap at _; its meaning on hover
     rows = "".join("<tr>" + "".join(f'<td data-label="{html.escape(str(c))}">{shown(cell(v, c))}</td>'
                                     for c, v in zip(frame.columns, row)) + "</tr>"
                    for row in frame.itertuples(index=False, name=None))
-    return f'<div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    known = [c for c in frame.columns if GLOSSARY.get(str(c))]
+    legend = ("<details class=\"legend\"><summary>columns</summary>" + "; ".join(
+        f"<b>{html.escape(str(c))}</b>: {html.escape(GLOSSARY[str(c)])}" for c in known) + "</details>") if known else ""
+    return (f'<div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+            f"</div>{legend}")
 
 
 def _minimax(trials: pd.DataFrame) -> tuple[str, str]:
@@ -120,7 +144,11 @@ def _clip(trials: pd.DataFrame) -> tuple[str, str]:
            "test images: UVSE 0.515, DVSA 0.447).")
     lines = compare.conclusion(trials)
     conclusion = "<ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>"
-    return key, _table(table.drop(columns=["_mean"])) + f"<p>{html.escape(lines[0])}</p>{conclusion}"
+    dataset = str(trials["dataset"].iloc[0]) if "dataset" in trials else ""
+    published = (f"<p>Published on the same 1000 test images:</p>{_table(compare.PUBLISHED, {r: 3 for r in compare.RECALLS})}"
+                 if n == 1000 and dataset == "flickr8k" else f"<p>{html.escape(compare.published_rows(n, dataset))}</p>")
+    return key, (_table(table.drop(columns=["_mean"])) + published + (f"<p>{html.escape(lines[0])}</p>{conclusion}"
+                                                                      if lines else ""))
 
 
 KEYS = {"minimax": _minimax, "gan": _gan, "clip": _clip}
@@ -159,14 +187,14 @@ def _section(study: str, store: ResultStore, run_id: str | None) -> str | None:
     samples = [p for p in images if "samples" in p.parts]
     prompts = [p for p in images if "prompts" in p.parts]
     body = [f"<h2>{study}</h2>", f'<p class="key">{key}</p>', tables,
-            *(f'<div class="plot">{_img(p)}</div>' for p in plots)]
+            *(f'<div class="plot">{_img(p)}</div><p class="hint">⇆ wider than the screen: swipe the figure sideways</p>'
+              for p in plots)]
     if samples:
         body.append('<div class="grids two samples">' + "".join(
             _img(p, f"{_trial_of(p, trials, 'trial_name')}: {p.stem.replace('_', ' ')}") for p in samples) + "</div>")
-    if prompts:  # one prompt per row, the pairs side by side on a wide screen
-        body.append('<div class="grids two">' + "".join(
-            _img(p, f"{p.stem.replace('_', ' ')} ({_trial_of(p, trials, 'pair')})", photo=True) for p in prompts)
-            + "</div>")
+    for prompt in dict.fromkeys(p.stem for p in prompts):  # prompt by prompt, each pair's grid at full width
+        body.append(f"<h4>prompt: {html.escape(prompt.replace('_', ' '))}</h4>" + "".join(
+            _img(p, _trial_of(p, trials, "pair"), photo=True) for p in prompts if p.stem == prompt))
     body.append(f"<details><summary>text summary</summary><pre>{html.escape(text)}</pre></details>")
     body.append(f"<h3>runs</h3>{_runs(everything, study)}")
     return "".join(body)

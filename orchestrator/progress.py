@@ -134,6 +134,7 @@ def _tqdm(file, desc: str, **kwargs):
     from tqdm import tqdm
 
     width = shutil.get_terminal_size((100, 24)).columns
+    width = width if width >= 20 else 100  # a terminal that reports no size
     room = max(20, int(width * 0.45))
     desc = desc if len(desc) <= room else "…" + desc[-(room - 1):]
     return tqdm(file=file, desc=desc, leave=False, ncols=width, **kwargs)

@@ -32,6 +32,7 @@ from orchestrator.ray_session import DRIVER_RESOURCE, BackendError
 from orchestrator.spec import Experiment, trial_key
 from workloads.runtime import REPLAY_KEY, TABLE_KEY
 
+EPOCH_LINE_EVERY_S = 10.0  # a trial's epoch lines: at most one per this many seconds (and its first, last, sampled)
 CPU_FALLBACK_ENV = "ORCHESTRATOR_ALLOW_CPU_FALLBACK"  # "1": GPU nodes without CUDA train on CPU (gloo), rows say so
 _TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
@@ -173,6 +174,7 @@ class _TrialRows:
     tables: dict[str, list[pd.DataFrame]] = dataclasses.field(default_factory=dict)  # table -> reports
     wall_time_s: float = float("nan")
     last_step: dict = dataclasses.field(default_factory=dict)  # the latest per-step metrics (a stopped trial's row)
+    said_at: float = 0.0  # when its last epoch line was printed
 
     def frame(self, table: str) -> pd.DataFrame | None:
         frames = [f for f in self.tables.get(table, []) if len(f.columns)]
@@ -259,6 +261,12 @@ def run_experiment(
             shown = {k: frame[k].iloc[0] for k in (workload.metric, *(workload.early_stop or ())[:1], "loss", "loss_d",
                                                    "loss_g") if k in frame}
             total = int(getattr(configs[index], "epochs", 0) or 0)
+            # a line per epoch, at most one per trial every 10 s (CLIP's 40 epochs of cached features take
+            # seconds: 360 lines for 9 trials), but always the first, the last and one with a sampled metric
+            sampled = workload.metric in frame and frame[workload.metric].notna().iloc[0]
+            if not (step in (1, total) or sampled or time.monotonic() - rows[index].said_at >= EPOCH_LINE_EVERY_S):
+                return
+            rows[index].said_at = time.monotonic()
             seconds = float(frame["epoch_time_s"].iloc[0]) if "epoch_time_s" in frame else float("nan")
             left = f"  (~{seconds * (total - step):.0f} s left)" if total and seconds == seconds and step < total else ""
             progress(f"[{exp.study}] {names[index]} {workload.step_key} {step}{f'/{total}' if total else ''}: "
@@ -296,7 +304,7 @@ def run_experiment(
         done = len(configs) - len(rows)
         tail = f"  error: {error}" if error else ""
         progress(f"[{exp.study}] trial {done}/{len(configs)} {status.lower()}: {names[index]} ({trial_id}, "
-                 f"{len(trials)} rows){tail}")
+                 f"{len(trials)} row{'s' * (len(trials) != 1)}){tail}")
 
     storage = storage or str((store.root / "_ray").resolve())
     artifact_dirs = [str((store.root / exp.study / "artifacts" / base).resolve()) for base in bases]
@@ -384,5 +392,5 @@ def run_experiment(
         _WATCHERS.pop(collector.key, None)
     if failure is not None:  # a table write failed, or trials waited past max_wait_s
         raise failure
-    progress(f"[{exp.study}] {len(configs)} trials in {time.perf_counter() - started:.1f}s")
+    progress(f"[{exp.study}] {len(configs)} trial{'s' * (len(configs) != 1)} in {time.perf_counter() - started:.1f}s")
     return pd.concat([done_before, *written], ignore_index=True) if written or len(done_before) else pd.DataFrame()

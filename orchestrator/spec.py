@@ -34,6 +34,14 @@ def trial_key(config: Any) -> str:
 SCHEDULERS = ("fifo", "asha", "pbt")
 
 
+def _did_you_mean(name: str, known) -> str:
+    """'; did you mean 'steps'?' for a near miss; where the settings are listed, always."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return (f"; did you mean {close[0]!r}?" if close else "") + " (`python -m orchestrator list` shows every setting)"
+
+
 class SpecError(ValueError):
     """Bad user input in a spec or an override: the CLI prints it as one line."""
 
@@ -122,8 +130,7 @@ class Experiment:
         for name, raw in axes.items():
             if name not in hints:
                 scaling = " (a scaling setting: use --set)" if name in {f.name for f in dataclasses.fields(Scaling)} else ""
-                raise SpecError(f"{self.study}: --sweep {name}: unknown config field{scaling}; known: "
-                                f"{', '.join(sorted(hints))}")
+                raise SpecError(f"{self.study}: --sweep {name}: unknown config field{scaling}{_did_you_mean(name, hints)}")
             try:
                 parsed.append(sweeps.parse_axis(name, raw, hints[name],
                                                 lambda value, name=name: parse_value(type(self.config), name, value)))
@@ -148,13 +155,15 @@ class Experiment:
         scale_fields = {f.name for f in dataclasses.fields(self.scaling)}
         cfg_changes, scale_changes = {}, {}
         for key, raw in overrides.items():
-            if key in cfg_fields:
-                cfg_changes[key] = parse_value(type(self.config), key, raw)
-            elif key in scale_fields:
-                scale_changes[key] = parse_value(Scaling, key, raw)
-            else:
-                known = ", ".join(sorted(cfg_fields | scale_fields))
-                raise SpecError(f"{self.study}: unknown setting {key!r}; known: {known}")
+            try:
+                if key in cfg_fields:
+                    cfg_changes[key] = parse_value(type(self.config), key, raw)
+                elif key in scale_fields:
+                    scale_changes[key] = parse_value(Scaling, key, raw)
+            except SpecError as exc:
+                raise SpecError(f"{self.study}: {exc}") from None
+            if key not in cfg_fields and key not in scale_fields:
+                raise SpecError(f"{self.study}: unknown setting {key!r}{_did_you_mean(key, cfg_fields | scale_fields)}")
         try:
             return dataclasses.replace(
                 self,

@@ -75,6 +75,16 @@ def is_random(raw: str) -> bool:
     return call is not None and call.group(1) in DISTRIBUTIONS
 
 
+def _distinct(name: str, raw: str, values: list) -> tuple:
+    """The values, refused where one repeats (1e-4,0.0001 too): a repeated value would repeat its trials."""
+    seen = []
+    for value in values:
+        if value in seen:
+            raise SweepError(f"--sweep {name}={raw}: {value!r} is listed twice (a sweep that repeats trials is refused)")
+        seen.append(value)
+    return tuple(seen)
+
+
 def parse_axis(name: str, raw: str, hint: Any, parse) -> Axis:
     """`raw` of one `--sweep name=raw`; `parse(raw_value)` converts a value with the field's type."""
     if typing.get_origin(hint) is tuple:
@@ -87,12 +97,13 @@ def parse_axis(name: str, raw: str, hint: Any, parse) -> Axis:
         if not parts:
             raise SweepError(f"--sweep {name}={raw!r}: expected FIELD=V1,V2,... or FIELD=loguniform(A,B) / "
                              "uniform(A,B) / choice(A,B,...)")
-        return Axis(name, "grid", tuple(dict.fromkeys(parse(p) for p in parts)), hint)
+        return Axis(name, "grid", _distinct(name, raw, [parse(p) for p in parts]), hint)
     kind, inner = call.group(1), [p.strip() for p in call.group(2).split(",") if p.strip()]
     if kind not in DISTRIBUTIONS:
         raise SweepError(f"--sweep {name}={raw}: unknown distribution {kind!r}; known: {', '.join(DISTRIBUTIONS)}")
     values = tuple(dict.fromkeys(parse(p) for p in inner))
     if kind == "choice":
+        values = _distinct(name, raw, [parse(p) for p in inner])
         if len(values) < 2:
             raise SweepError(f"--sweep {name}={raw}: choice needs at least two different values")
         return Axis(name, kind, values, hint)

@@ -97,6 +97,7 @@ def test_report_compares_the_pairs_over_seeds(frozen_run, capsys):
     table = comparison(trials)
     assert list(table["seeds"]) == [2, 2]
     assert any(line.startswith("  ranking:") for line in conclusion(trials))
+    assert any(line.startswith("  here: ") for line in conclusion(trials))  # the study's claim, with a verdict
     assert main(["report", "--results", str(results)]) == 0  # the HTML page: the pairs, curves, prompt grids
     page = (results / "clip" / ".." / "report.html").resolve().read_text()
     assert '<p class="key">Best pair efficientnet-lite' in page and page.count("<img") == 1 + 2 * 5

@@ -59,6 +59,8 @@ def test_trial_names_say_what_the_sweep_set():
     (["lr=uniform(abc,1)"], 2, "--sweep lr='abc': expected a number"),
     (["lr=normal(0,1)"], 2, "unknown distribution 'normal'"),
     (["beta1=choice(0.5)"], 2, "at least two different values"),
+    (["lr=1e-4,0.0001"], None, "0.0001 is listed twice"),
+    (["beta1=choice(0.5,0.5,0.6)"], 2, "0.5 is listed twice"),
     (["channels_last=uniform(0,1)"], 2, "needs a numeric field"),
     (["lr=loguniform(1e-5,1e-3)"], 0, "--samples must be >= 1"),
     (["beta1=uniform(0.5,1.5)"], 20, "beta1 must be in"),  # draws are validated by the config, like --set

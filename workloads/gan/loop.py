@@ -134,6 +134,11 @@ def train_loop(config: Config, runtime) -> None:
         scorer = quality.Scorer(config.data_dir, config.cache_dir, config.fid_images)
     score_epochs = set(config.sample_epochs) | {config.epochs}
     started = time.perf_counter()
+    say = getattr(runtime, "say", None)
+    if say and start_epoch <= config.epochs:  # the workers are up and the data loaded: say so before the first step line
+        say(f"training on {runtime.world_size} worker{'s' * (runtime.world_size > 1)} ({device}): epochs "
+            f"{start_epoch}-{config.epochs}, {len(loader)} steps of {config.batch_size} images each"
+            f"{f' (resumed after epoch {start_epoch - 1})' if state is not None else ''}")
 
     for epoch in range(start_epoch, config.epochs + 1):
         if hasattr(loader.sampler, "set_epoch"):
@@ -141,7 +146,7 @@ def train_loop(config: Config, runtime) -> None:
         epoch_start = time.perf_counter()
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
         pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
-        say, said = getattr(runtime, "say", None), time.perf_counter()
+        said = time.perf_counter()
         for i, (real,) in enumerate(loader, start=1):
             if say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
                 said, done = time.perf_counter(), time.perf_counter() - epoch_start
