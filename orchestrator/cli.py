@@ -242,11 +242,11 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
 
     if not pending:  # every trial finished in an earlier run: no Ray to start
         record_spec()
-        print(f"every trial of {', '.join(e.study for e in experiments)} ({args.profile}) already finished in "
-              f"{store.root}: nothing to run (--fresh reruns them)")
+        progress.say(f"every trial of {', '.join(e.study for e in experiments)} ({args.profile}) already finished in "
+                     f"{store.root}: nothing to run (--fresh reruns them)")
         for exp in experiments:
             study, text = _summary(exp, done[exp.study], 0)
-            print(f"  {study:<8} {text}")
+            progress.say(f"  {study:<8} {text}")
         return 0
     local = not (args.address or os.environ.get("RAY_ADDRESS") or ray_session.ray_is_up())
     with interrupts.starting_ray(local):
@@ -255,8 +255,8 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     failed, summary = 0, []
     try:
         if session.dashboard_url:
-            print(f"Ray dashboard: {session.dashboard_url}  (token: `ray get-auth-token`)")
-        print(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
+            progress.say(f"Ray dashboard: {session.dashboard_url}  (token: `ray get-auth-token`)")
+        progress.say(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
         for exp in experiments:
             started = time.perf_counter()
             trials = ray_backend.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done[exp.study],
@@ -267,11 +267,11 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     finally:
         ray_session.stop(session)
     width = max(len(line[0]) for line in summary)
-    print(f"\nrun {run_id} ({args.profile}):")
+    progress.say(f"\nrun {run_id} ({args.profile}):")
     for study, text in summary:
-        print(f"  {study:<{width}}  {text}")
+        progress.say(f"  {study:<{width}}  {text}")
     where = "" if str(store.root) == DEFAULT_RESULTS else f" --results {store.root}"
-    print(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report{where}")
+    progress.say(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report{where}")
     return 1 if failed else 0
 
 
@@ -292,8 +292,8 @@ def _say_other_versions(study: str, done: pd.DataFrame) -> None:
     versions = done.drop_duplicates("trial_key").get("code_version", pd.Series("unknown", index=done.index))
     other = versions.fillna("unknown")[versions.fillna("unknown") != code_version()]
     if len(other):
-        print(f"[{study}] {len(other)} of {done['trial_key'].nunique()} kept trials were computed by another code version "
-              f"({', '.join(sorted(set(other)))}; this is {code_version()}): --fresh reruns them")
+        progress.say(f"[{study}] {len(other)} of {done['trial_key'].nunique()} kept trials were computed by another "
+                     f"code version ({', '.join(sorted(set(other)))}; this is {code_version()}): --fresh reruns them")
 
 
 def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:

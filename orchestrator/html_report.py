@@ -78,6 +78,7 @@ GLOSSARY = {
     **{f"{d}_median_rank": "median rank of the true match (1 is best)" for d in ("t2i", "i2t")},
     "image_params": "image encoder parameters", "text_params": "text encoder parameters",
     "heads img/s": "training speed of the projection heads on cached features (extraction is separate)",
+    "train img/s": "training images per second, encoders and heads",
     "chosen epochs": "the epoch chosen on val, per seed", "seeds": "trials averaged (mean ± std over seeds)",
 }
 

@@ -303,6 +303,7 @@ def clip_curves(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     label = dict(zip(trials["attempt"], compare.configurations(trials)))
     steps = steps.assign(configuration=attempts(steps).map(label))
@@ -317,7 +318,7 @@ def clip_curves(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> Path
             line, = ax.plot(mean.index, mean.values, label=name)
             ax.fill_between(mean.index, by_epoch.min().values, by_epoch.max().values, color=line.get_color(), alpha=0.2)
         ax.set(xlabel="epoch", ylabel=column, title=title)
-        ax.xaxis.set_major_locator(__import__("matplotlib.ticker").ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)

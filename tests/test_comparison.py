@@ -117,3 +117,16 @@ def test_clip_trials_log_loss_and_val_recall_to_tensorboard(frozen_run):
         assert [e.step for e in events.Scalars("Val/rsum")] == [1, 2, 3]  # every epoch
         assert [e.step for e in events.Scalars("Loss/train")] == [1, 2, 3]
         assert [e.step for e in events.Scalars("Test/t2i_r10")] == [selected]  # once, at the chosen epoch
+
+
+@pytest.mark.parametrize("large, small, verdict", [
+    ((0.60, 0.61, 0.62), (0.50, 0.51, 0.52), "here: the claim holds: big+t (largest image encoder) beats small+t"),
+    ((0.50, 0.51, 0.52), (0.60, 0.61, 0.62), "here: the claim does not hold: small+t beats big+t"),
+    ((0.55, 0.57, 0.56), (0.56, 0.55, 0.57), "here: not shown: big+t (largest image encoder) and small+t are within"),
+])
+def test_the_conclusion_gives_a_verdict_on_the_studys_claim_tested_both_ways(large, small, verdict):
+    rows = [dict(pair=f"{model}+t", image_model=model, text_model="t", image_params=params, text_params=2e7,
+                 t2i_r10=value, seed=seed)
+            for model, params, values in (("big", 5e6, large), ("small", 3e6, small))
+            for seed, value in zip((1, 2, 3), values)]
+    assert conclusion(pd.DataFrame(rows))[-1].strip().startswith(verdict.strip())

@@ -85,6 +85,9 @@ def save_grid(images, path: Path, nrow: int = 8, captions: list[str] | None = No
         vutils.save_image(images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
 
 
+_SAID_AT: dict[str, float] = {}  # say_progress: when each counted step last said how far
+
+
 def say_progress(say, what: str, done: int, total: int, started: float, every_s: float = 10.0) -> None:
     """A line every ~10 s of a long counted step (decoding, extraction): how far, how fast, how long
     left; the count as `progress=(what, done, total)`, which a terminal shows as a bar."""
@@ -92,10 +95,10 @@ def say_progress(say, what: str, done: int, total: int, started: float, every_s:
         return
     done = min(done, total)
     elapsed = time.perf_counter() - started
-    last = getattr(say_progress, "last", 0.0)
+    last = _SAID_AT.get(what, 0.0)  # per counted thing: steps that interleave each get their lines
     if done < total and time.perf_counter() - last < every_s:
         return
-    say_progress.last = time.perf_counter()
+    _SAID_AT[what] = time.perf_counter()
     rate = done / max(elapsed, 1e-9)
     say(f"{what} {done}/{total} ({rate:.0f}/s, ~{(total - done) / max(rate, 1e-9):.0f} s left)",
         progress=(what, done, total))

@@ -44,6 +44,9 @@ def resize_crop(path: Path, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path.name} in {path.parent}: {exc}") from None
 
 
+CHUNK = 64  # images one decoding task handles
+
+
 def _decode_chunk(args: tuple[str, list[str], int]) -> np.ndarray:
     root, names, size = args
     return np.stack([resize_crop(Path(root) / name, size) for name in names])
@@ -61,13 +64,13 @@ def image_array(root: Path, names: list[str], size: int, cache_dir: str = "", wo
             if not path.exists():
                 # the CPUs this process was given (Ray sets OMP_NUM_THREADS to a worker's CPUs), not the node's
                 workers = workers or int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
-                chunks = [(str(root), names[i:i + 64], size) for i in range(0, len(names), 64)]
+                chunks = [(str(root), names[i:i + CHUNK], size) for i in range(0, len(names), CHUNK)]
                 parts, started = [], time.perf_counter()
 
                 def decoded(results) -> None:  # collect the chunks in order, saying how far
                     for part in results:
                         parts.append(part)
-                        say_progress(say, "decoding images", len(parts) * 64 if len(parts) < len(chunks) else len(names),
+                        say_progress(say, "decoding images", min(len(parts) * CHUNK, len(names)),
                                      len(names), started)
 
                 if workers > 1 and len(chunks) > 1:
