@@ -95,7 +95,8 @@ def _kill_a_train_worker_after_epoch_1(steps_dir, killed: list, timeout_s: float
     from tests.chaos import train_workers
 
     deadline = time.time() + timeout_s
-    while time.time() < deadline and not (steps_dir.exists() and any(steps_dir.glob("*.parquet"))):
+    while time.time() < deadline and not (steps_dir.exists() and any(
+            not p.name.startswith(".") for p in steps_dir.glob("*.parquet"))):  # a whole part, not a writer's temporary
         time.sleep(0.2)
     for pid in train_workers(os.getpid())[:1]:
         os.kill(pid, signal.SIGKILL)
