@@ -147,7 +147,7 @@ def _clip(trials: pd.DataFrame) -> tuple[str, str]:
     conclusion = "<ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>"
     dataset = str(trials["dataset"].iloc[0]) if "dataset" in trials else ""
     published = (f"<p>Published on the same 1000 test images:</p>{_table(compare.PUBLISHED, {r: 3 for r in compare.RECALLS})}"
-                 if n == 1000 and dataset == "flickr8k" else f"<p>{html.escape(compare.published_rows(n, dataset))}</p>")
+                 if compare.comparable(n, dataset) else f"<p>{html.escape(compare.published_rows(n, dataset))}</p>")
     return key, (_table(table.drop(columns=["_mean"])) + published + (f"<p>{html.escape(lines[0])}</p>{conclusion}"
                                                                       if lines else ""))
 

@@ -229,6 +229,7 @@ def run_experiment(
     bases = [f"{key}-{run_id}" if fresh else key for key in keys]
     rows = {i: _TrialRows() for i in range(len(configs))}
     run_key = f"{exp.study}-{run_id}"  # names this run's watcher, bar and failure (module dicts: see _progress)
+    epochs = [int(getattr(c, "epochs", 0) or 0) if workload.step_key else 0 for c in configs]  # 0: no epochs
     written: list[pd.DataFrame] = []
 
     version = code_version()
@@ -260,7 +261,7 @@ def run_experiment(
                 progress_lines.close_steps(f"[{exp.study}] {names[index]}: ")  # its steps within that epoch are over
             shown = {k: frame[k].iloc[0] for k in (workload.metric, *(workload.early_stop or ())[:1], "loss", "loss_d",
                                                    "loss_g") if k in frame}
-            total = int(getattr(configs[index], "epochs", 0) or 0)
+            total = epochs[index]
             # a line per epoch, at most one per trial every 10 s (CLIP's 40 epochs of cached features take
             # seconds: 360 lines for 9 trials), but always the first, the last and one with a sampled metric
             sampled = workload.metric in frame and frame[workload.metric].notna().iloc[0]
@@ -380,8 +381,7 @@ def run_experiment(
     )
     started = time.perf_counter()
     try:
-        epochs = [int(getattr(c, "epochs", 0) or 0) for c in configs] if workload.step_key else []
-        by_epoch = bool(epochs) and all(epochs)  # the bar counts epochs where every trial has them, else trials
+        by_epoch = all(epochs)  # the bar counts epochs where every trial has them, else trials
         bar = progress_lines.Bar(run_key, exp.study, epochs if by_epoch else [1] * len(configs),
                                  "epoch" if by_epoch else "trial")
         step = lambda desc, done, total: progress_lines.step(f"[{exp.study}] {desc}", done, total)  # noqa: E731

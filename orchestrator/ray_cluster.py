@@ -224,7 +224,7 @@ def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, 
     type) the trials ask for it too, so no GPU node can ever satisfy them; concurrency is what
     those types hold. Node types unknown (a local Ray, a cluster without the config): CPUs only,
     no limit."""
-    need = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+    need = worker_resources(scaling)
     known = cluster_node_types(joined)
     if known is None:
         if not joined and slots_now(need) < 1:  # a local Ray never grows: Tune would wait forever

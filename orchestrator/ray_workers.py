@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator import progress as progress_file
 from orchestrator.provenance import package_version
+from orchestrator.ray_cluster import worker_resources
 from orchestrator.spec import Scaling
 from workloads.runtime import REPLAY_KEY, STATE_FILE, TABLE_KEY, load_state, save_state, table_of
 
@@ -327,7 +328,7 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
                            "cpu_fallback": cpu_fallback, "sync_bn": scaling.sync_bn},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})},
+            resources_per_worker=worker_resources(scaling),
         ),
         run_config=ray.train.RunConfig(
             name=names[index],

@@ -155,15 +155,13 @@ class Experiment:
         scale_fields = {f.name for f in dataclasses.fields(self.scaling)}
         cfg_changes, scale_changes = {}, {}
         for key, raw in overrides.items():
+            if key not in cfg_fields | scale_fields:
+                raise SpecError(f"{self.study}: unknown setting {key!r}{_did_you_mean(key, cfg_fields | scale_fields)}")
+            cls, changes = (type(self.config), cfg_changes) if key in cfg_fields else (Scaling, scale_changes)
             try:
-                if key in cfg_fields:
-                    cfg_changes[key] = parse_value(type(self.config), key, raw)
-                elif key in scale_fields:
-                    scale_changes[key] = parse_value(Scaling, key, raw)
+                changes[key] = parse_value(cls, key, raw)
             except SpecError as exc:
                 raise SpecError(f"{self.study}: {exc}") from None
-            if key not in cfg_fields and key not in scale_fields:
-                raise SpecError(f"{self.study}: unknown setting {key!r}{_did_you_mean(key, cfg_fields | scale_fields)}")
         try:
             return dataclasses.replace(
                 self,
