@@ -211,13 +211,14 @@ def test_an_interrupt_swallowed_inside_ray_init_still_ends_the_run(tmp_path, mon
             pass  # ...and "Ray" swallows it
         return ray_session.Session(owned=False, dashboard_url=None)
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN where the shell started us in the background
     monkeypatch.setattr(ray_session, "start", start_swallowing)
     monkeypatch.setattr(ray_session, "ray_is_up", lambda: True)  # the caller's Ray: not ours to stop
     ran = []
     monkeypatch.setattr(ray_backend, "run_experiment", lambda *a, **k: ran.append(a))
     assert main(["run", "minimax", "--results", str(tmp_path), *TINY]) == 130
     assert not ran
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the run
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored after the run
 
 
 def test_descendants_of_a_process_are_found_and_ended():
