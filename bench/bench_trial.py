@@ -50,11 +50,11 @@ DEFAULTS = {  # about two minutes (GAN) / one (CLIP) of training on one core of 
 PLAIN = """
 import json, sys, time
 t0 = time.perf_counter()
-from orchestrator.cli import resolve
+from orchestrator.studies import resolve
 from workloads.runtime import LocalRuntime
 args = json.loads(sys.argv[1])
 (exp,) = resolve(args["study"], "local", args["overrides"], args["data_dir"])
-from orchestrator.registry import WORKLOADS
+from orchestrator.studies import WORKLOADS
 module = WORKLOADS[args["study"]].load()  # the module the orchestrator would run
 runtime = LocalRuntime(artifact_dir=args["artifacts"])
 start = time.perf_counter()
@@ -77,7 +77,7 @@ def main() -> None:
     overrides = DEFAULTS[args.study] + args.overrides
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
 
-    from orchestrator.cli import preflight, resolve
+    from orchestrator.studies import preflight, resolve
 
     (exp,) = resolve(args.study, "local", overrides, args.data_dir)
     preflight([exp])  # data extracted, classifier cached: neither side pays for them

@@ -21,7 +21,7 @@ def timed(cmd: list[str], env: dict) -> float:
 
 def bare_ray_command() -> list[str]:
     """A process that only starts and stops Ray, with the arguments a local run uses (dashboard on)."""
-    from orchestrator.ray_session import init_kwargs
+    from orchestrator.engine.session import init_kwargs
 
     code = f"import json, ray; ray.init(**json.loads({json.dumps(init_kwargs())!r})); ray.shutdown()"
     return [sys.executable, "-c", code]

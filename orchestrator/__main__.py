@@ -4,7 +4,7 @@ import os
 import sys
 
 from orchestrator.cli import main
-from orchestrator.interrupts import INTERRUPTED
+from orchestrator.cli.interrupts import INTERRUPTED
 
 if __name__ == "__main__":
     try:

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 def ray_session():
     import ray
 
-    from orchestrator.ray_session import DRIVER_RESOURCE, DRIVER_SLOTS
+    from orchestrator.engine.session import DRIVER_RESOURCE, DRIVER_SLOTS
 
     ray.init(
         num_cpus=2,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runlock import is_locked
+from orchestrator.results.runlock import is_locked
 from tests.chaos import KINDS, compare_tables, report_numbers, run_with_chaos
 from tests.tables import assert_every_table_reads_in_duckdb
 

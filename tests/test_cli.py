@@ -201,7 +201,8 @@ def test_an_interrupt_swallowed_inside_ray_init_still_ends_the_run(tmp_path, mon
     import os
     import signal
 
-    from orchestrator import ray_backend, ray_session
+    from orchestrator.engine import run as ray_backend
+    from orchestrator.engine import session as ray_session
 
     def start_swallowing(address=None, dashboard=True):
         try:
@@ -228,7 +229,7 @@ def test_descendants_of_a_process_are_found_and_ended():
     import sys
     import time
 
-    from orchestrator.interrupts import descendants, end_processes
+    from orchestrator.cli.interrupts import descendants, end_processes
 
     child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])

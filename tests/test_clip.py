@@ -210,7 +210,7 @@ def test_offline_pretrained_pair_retrieves_well_above_chance(data_dir, tmp_path)
     chosen on val) on half the official split: 1500 train, 500 val, the first 500 test images."""
     import dataclasses
 
-    from orchestrator.experiments import EXPERIMENTS
+    from orchestrator.studies import EXPERIMENTS
     from workloads.runtime import LocalRuntime
 
     cfg = EXPERIMENTS["clip"]["local"].trial_configs()[0]

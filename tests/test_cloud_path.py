@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from orchestrator import ray_cluster
+from orchestrator.engine import capacity
 from orchestrator.cli import main
-from orchestrator.ray_cluster import NodeType, Watcher, describe_wait, max_worker_slots
-from orchestrator.ray_workers import root_cause
+from orchestrator.engine.capacity import NodeType, Watcher, describe_wait, max_worker_slots
+from orchestrator.engine.actors import root_cause
 
 TYPES = [NodeType("head.cpu", {"CPU": 8, "train_driver": 64}, 1, head=True),
          NodeType("cpu.spot", {"CPU": 4}, 4),
@@ -32,8 +32,8 @@ def test_capacity_counts_the_nodes_the_autoscaler_may_add():
 def test_shipped_cluster_config_sizes_the_paper_gan(monkeypatch):
     from pathlib import Path
 
-    monkeypatch.setenv(ray_cluster.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
-    types, max_workers = ray_cluster.cluster_node_types(joined=True)
+    monkeypatch.setenv(capacity.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
+    types, max_workers = capacity.cluster_node_types(joined=True)
     assert {t.name for t in types if t.resources.get("GPU")} == {"gpu.spot.1x", "gpu.ondemand.4x"}
     assert max_worker_slots(types, max_workers, {"CPU": 4, "GPU": 1}) // 2 == 7  # 2-worker GPU trials at once
 
@@ -43,16 +43,16 @@ def test_single_process_trials_ask_for_what_no_gpu_node_has(monkeypatch):
     declare, so the autoscaler can never meet them with a GPU node; at once: what those hold."""
     from pathlib import Path
 
-    from orchestrator.ray_cluster import single_process_resources
-    from orchestrator.spec import Scaling
+    from orchestrator.engine.capacity import single_process_resources
+    from orchestrator.studies import Scaling
 
-    monkeypatch.setenv(ray_cluster.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
+    monkeypatch.setenv(capacity.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
     need, at_once = single_process_resources(Scaling(cpus_per_worker=1), joined=True)
     assert need == {"CPU": 1, "cpu_node": 1}
     assert at_once == 8 + 4 * 4  # the head's 8 CPUs and 4 cpu.spot nodes of 4
-    types, _ = ray_cluster.cluster_node_types(joined=True)
+    types, _ = capacity.cluster_node_types(joined=True)
     assert all(not t.resources.get("cpu_node") for t in types if t.resources.get("GPU"))
-    monkeypatch.delenv(ray_cluster.CONFIG_ENV)
+    monkeypatch.delenv(capacity.CONFIG_ENV)
     assert single_process_resources(Scaling(cpus_per_worker=2), joined=False) == ({"CPU": 2}, None)  # a local Ray
 
 
@@ -62,14 +62,14 @@ def test_the_wait_is_described_in_the_autoscalers_words():
     launching = {"pending_nodes": [["10.0.0.5", "cpu.spot", "WAITING-FOR-SSH"]]}
     assert describe_wait(launching, TYPES, 3) == "waiting for 1 CPU node (cpu.spot): nodes waiting-for-ssh"
     assert describe_wait({}, None, 2) == "2 trial(s) waiting for resources held by running trials"
-    assert ray_cluster.awaits_nodes(NO_CAPACITY) and ray_cluster.awaits_nodes(launching)
-    assert not ray_cluster.awaits_nodes({"active_nodes": {"cpu.spot": 2}})  # a full cluster: trials queue
+    assert capacity.awaits_nodes(NO_CAPACITY) and capacity.awaits_nodes(launching)
+    assert not capacity.awaits_nodes({"active_nodes": {"cpu.spot": 2}})  # a full cluster: trials queue
 
 
 def test_the_watcher_says_what_trials_wait_for_and_gives_up_after_max_wait(monkeypatch):
     groups = {"pg-other": {"state": "PENDING"}}  # another job's, there before the run
-    monkeypatch.setattr(ray_cluster, "pending_groups", lambda: dict(groups))
-    monkeypatch.setattr(ray_cluster, "autoscaler_report", lambda: NO_CAPACITY)
+    monkeypatch.setattr(capacity, "pending_groups", lambda: dict(groups))
+    monkeypatch.setattr(capacity, "autoscaler_report", lambda: NO_CAPACITY)
     lines, reasons = [], []
     with Watcher(lines.append, max_wait_s=1.0, types=TYPES, on_give_up=reasons.append, poll_s=0.2):
         time.sleep(1.5)
@@ -83,8 +83,8 @@ def test_the_watcher_says_what_trials_wait_for_and_gives_up_after_max_wait(monke
 
 
 def test_trials_queued_behind_running_ones_never_end_the_run(monkeypatch):
-    monkeypatch.setattr(ray_cluster, "pending_groups", lambda: {"pg-queued": {"state": "PENDING"}})
-    monkeypatch.setattr(ray_cluster, "autoscaler_report", lambda: {"active_nodes": {"gpu.spot.1x": 6}})
+    monkeypatch.setattr(capacity, "pending_groups", lambda: {"pg-queued": {"state": "PENDING"}})
+    monkeypatch.setattr(capacity, "autoscaler_report", lambda: {"active_nodes": {"gpu.spot.1x": 6}})
     lines, reasons = [], []
     with Watcher(lines.append, max_wait_s=0.5, types=TYPES, on_give_up=reasons.append, poll_s=0.1):
         time.sleep(1.5)

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.cluster import validate_cluster
-from orchestrator.spec import SpecError
+from orchestrator.clusters.aws import validate_cluster
+from orchestrator.studies import SpecError
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster.yaml"
 

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.cli import main, resolve
-from orchestrator.clip_report import comparison, conclusion, difference
-from orchestrator.spec import SpecError
+from orchestrator.cli import main
+from orchestrator.studies import resolve
+from orchestrator.reports.clip import comparison, conclusion, difference
+from orchestrator.studies import SpecError
 from tests.browser import assert_report_renders
 
 

@@ -11,8 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestrator.cli import resolve
-from orchestrator.spec import trial_key
+from orchestrator.studies import resolve
+from orchestrator.studies import trial_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["train_images=256", "epochs=3", "sample_epochs=3", "fid_images=200", "num_workers=2"]
@@ -65,7 +65,7 @@ def test_the_dashboard_lists_the_runs_train_runs_by_trial(data_dir, gan_cache, t
 def test_train_runs_are_named_by_trial_and_keep_an_earlier_folder_of_the_same_trial(tmp_path):
     """Train V2 resumes a run by its name: a trial whose folder exists under another name (another
     sweep named it, or an older version's STUDY-TRIALKEY) keeps that name; the rest get readable ones."""
-    from orchestrator.ray_backend import train_run_names
+    from orchestrator.engine.plan import train_run_names
 
     (tmp_path / "gan-aaaaaaaaaaaa").mkdir()  # an older version's name of trial aaaa...
     (tmp_path / "gan-20261130-000000-0000").mkdir()  # Tune's experiment folder: no trial's

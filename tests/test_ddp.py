@@ -161,7 +161,7 @@ def test_a_resumed_rank_continues_its_own_random_stream(ranks):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA; this machine has no GPU")
 def test_the_runtime_converts_batchnorm_to_syncbatchnorm_on_cuda_ddp():
-    from orchestrator.ray_workers import convert_sync_batchnorm
+    from orchestrator.engine.actors import convert_sync_batchnorm
 
     import timm
 

@@ -230,7 +230,7 @@ def test_bf16_autocast_only_where_native():
 
 
 def test_report_aggregates_the_gan_over_seeds():
-    from orchestrator.report import gan_over_seeds
+    from orchestrator.reports.study import gan_over_seeds
 
     trials = pd.DataFrame({"seed": [42, 43, 42, 43], "lr": [1e-4, 1e-4, 2e-4, 2e-4], "beta1": 0.5,
                            "fid": [200.0, 210.0, 300.0, 320.0], "class_coverage": [0.9, 0.8, 0.7, 0.6]})

@@ -133,7 +133,7 @@ def test_report_reads_each_games_ranges_within_that_game():
     """A sweep over the game's coefficients: each algorithm's analytic range is that game's, never the first's."""
     import pandas as pd
 
-    from orchestrator.report import minimax_ranges
+    from orchestrator.reports.study import minimax_ranges
 
     rows = []
     for a in (4.0, 2.0):

@@ -15,7 +15,7 @@ import json, sys
 import ray
 from ray.cluster_utils import Cluster
 from orchestrator.cli import main
-from orchestrator.ray_session import DRIVER_RESOURCE, DRIVER_SLOTS
+from orchestrator.engine.session import DRIVER_RESOURCE, DRIVER_SLOTS
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {DRIVER_RESOURCE: DRIVER_SLOTS}})
 cluster.add_node(num_cpus=1)

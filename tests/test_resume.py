@@ -105,14 +105,15 @@ def test_checkpointed_epoch_whose_row_was_never_written_is_recovered(ray_session
 
 
 def test_kept_trials_of_another_code_version_are_named(ray_session, tmp_path, capsys, monkeypatch):
-    from orchestrator import cli
+    from orchestrator.cli import main
+    from orchestrator.cli import run as cli_run
 
     args = ["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=20", "--set", "steps=50"]
-    assert cli.main(args) == 0
-    assert set(pd.read_parquet(tmp_path / "minimax" / "trials.parquet")["code_version"]) == {cli.code_version()}
-    monkeypatch.setattr(cli, "code_version", lambda: "0123456789ab")
+    assert main(args) == 0
+    assert set(pd.read_parquet(tmp_path / "minimax" / "trials.parquet")["code_version"]) == {cli_run.code_version()}
+    monkeypatch.setattr(cli_run, "code_version", lambda: "0123456789ab")
     capsys.readouterr()
-    assert cli.main(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "5 of 5 kept trials were computed by another code version" in out and "--fresh reruns them" in out
     assert out.count("another code version") == 1  # one line per study

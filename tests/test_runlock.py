@@ -11,11 +11,11 @@ import time
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.runlock import LOCK_NAME, LockHeld, RunLock, is_locked
+from orchestrator.results.runlock import LOCK_NAME, LockHeld, RunLock, is_locked
 
 HOLDER = """
 import sys, time
-from orchestrator.runlock import RunLock
+from orchestrator.results.runlock import RunLock
 lock = RunLock(sys.argv[1], "20260101-000000-beef")
 lock.acquire()
 print("held", flush=True)

@@ -7,9 +7,10 @@ import time
 import pandas as pd
 import pytest
 
-from orchestrator.cli import main, resolve
-from orchestrator.spec import SpecError
-from orchestrator.sweeps import format_value
+from orchestrator.cli import main
+from orchestrator.studies import resolve
+from orchestrator.studies import SpecError
+from orchestrator.studies.sweeps import format_value
 from tests.tables import assert_every_table_reads_in_duckdb
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.cli import resolve
+from orchestrator.studies import resolve
 from orchestrator.results import FORMAT_VERSION, MARKER, ResultStore, StoreError, report_frame
-from orchestrator.spec import SpecError
+from orchestrator.studies import SpecError
 
 
 def test_overrides_are_typed():
@@ -94,8 +94,8 @@ def test_data_and_cache_dirs_become_absolute_in_the_driver(monkeypatch, tmp_path
 def test_trial_identity_ignores_machine_local_paths():
     import dataclasses
 
-    from orchestrator.experiments import EXPERIMENTS
-    from orchestrator.spec import trial_key
+    from orchestrator.studies import EXPERIMENTS
+    from orchestrator.studies import trial_key
 
     cfg = EXPERIMENTS["gan"]["local"].config
     moved = dataclasses.replace(cfg, data_dir="/elsewhere/data", cache_dir="/mnt/shared/cache")
@@ -105,7 +105,7 @@ def test_trial_identity_ignores_machine_local_paths():
 
 def test_fractional_gpus_pack_single_worker_trials_and_refuse_ddp(capsys):
     from orchestrator.cli import main
-    from orchestrator.experiments import EXPERIMENTS
+    from orchestrator.studies import EXPERIMENTS
 
     paper = EXPERIMENTS["gan"]["paper"].scaling
     assert paper.num_workers == 1 and paper.gpus_per_worker == 0.25 and paper.cpus_per_worker * 4 <= 4  # a g5.xlarge

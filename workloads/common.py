@@ -65,13 +65,19 @@ def native_bf16(device) -> bool:
     return kind == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def uses_bf16(device, enabled: bool = True) -> bool:
+    """The one bf16 policy of every loop (GAN and CLIP training, feature extraction): forwards run
+    under bf16 autocast when the config asks (`amp`) and `device` runs bf16 natively."""
+    return bool(enabled) and native_bf16(device)
+
+
 def bf16_autocast(device, enabled: bool = True):
-    """bf16 autocast of forwards where `device` runs bf16 natively (see native_bf16), else nothing.
+    """bf16 autocast of forwards under the policy of uses_bf16, else nothing.
     Measured on this machine's 2 cores (AMD EPYC, AVX512-BF16; bench/bench_bf16.py): a GAN training step
     x1.6, EfficientNet-Lite0/Lite2 features x2.3/x2.2, MiniLM x2.1; features' cosine to fp32 >= 0.9995."""
     import torch
 
-    if enabled and native_bf16(device):
+    if uses_bf16(device, enabled):
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

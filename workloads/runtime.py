@@ -124,12 +124,26 @@ def maybe_fail(fail_at_epoch: int, epoch: int, runtime) -> None:
     raise RuntimeError(f"injected failure in epoch {epoch} (fail_at_epoch)")
 
 
-class LocalRuntime:
-    """Single process, no Ray: keeps every report in memory; checkpoints go to `checkpoint_dir`."""
+class SingleProcess:
+    """The runtime's seams for one process: rank 0 of 1, nothing to wrap or wait for."""
 
     world_size = 1
     rank = 0
     is_rank_zero = True
+    device = "cpu"
+
+    def barrier(self) -> None:
+        pass
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def prepare_loader(self, loader):
+        return loader
+
+
+class LocalRuntime(SingleProcess):
+    """Single process, no Ray: keeps every report in memory; checkpoints go to `checkpoint_dir`."""
 
     def __init__(self, device: str = "cpu", artifact_dir: str | None = None, checkpoint_dir: str | None = None) -> None:
         self.device = device
@@ -154,12 +168,3 @@ class LocalRuntime:
 
     def restore(self) -> dict | None:
         return load_state(self.checkpoint_dir) if self.checkpoint_dir else None
-
-    def barrier(self) -> None:
-        pass
-
-    def prepare_model(self, model):
-        return model.to(self.device)
-
-    def prepare_loader(self, loader):
-        return loader

@@ -25,7 +25,7 @@ from workloads.clip import images as images_mod
 from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
 from workloads.clip.model import CLIP, clip_loss
-from workloads.common import atomic_path, bf16_autocast, native_bf16
+from workloads.common import atomic_path, bf16_autocast, uses_bf16
 from workloads.runtime import RankRNG, gather_objects, maybe_fail, unwrap
 
 
@@ -86,16 +86,13 @@ def encode_texts(model: CLIP, tokenizer, texts: list[str], max_length: int, devi
                                  autocast=autocast)
 
 
-def features_in_bf16(config: Config, device) -> bool:
-    """Are frozen features extracted under bf16 autocast here (amp, a device with native bf16)?"""
-    return config.amp and native_bf16(device)
 
 
 def frozen_features(config: Config, model: CLIP, tokenizer, splits: dict, normalise, device, runtime) -> dict:
     """Frozen encoders: {split: (image features, caption features)}, from the per-encoder cache
     (rank 0 extracts what is missing; the other ranks read its files once it is done)."""
     say = getattr(runtime, "say", None)
-    bf16 = features_in_bf16(config, device)  # ~2x faster extraction; part of the cache key
+    bf16 = uses_bf16(device, config.amp)  # ~2x faster extraction; part of the cache key
     autocast = bf16_autocast(device, bf16)
 
     def prefixed(encoder: str, name: str):  # "efficientnet-lite0, train: images 640/3000 (55/s, ~43 s left)"
@@ -170,125 +167,148 @@ def rsum(metrics: dict) -> float:
     return sum(metrics[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10))
 
 
-def train_loop(config: Config, runtime) -> None:
-    device = runtime.device
-    train, val, test = data.load_splits(config)
-    model, tokenizer, mean, std = build(config)
-    normalise = images_mod.Normalise(mean, std, device)  # uint8 (B, H, W, 3) -> normalised float on the device
-    counts = {
-        "image_params": sum(p.numel() for p in model.image_encoder.parameters()),
-        "text_params": sum(p.numel() for p in model.text_encoder.parameters()),
-        "head_params": sum(p.numel() for p in [*model.image_head.parameters(), *model.text_head.parameters()]) + 1,
-    }
-    model.to(device)
-    splits = {"train": train, "test": test, **({"val": val} if val is not None else {})}
-    feats = frozen_features(config, model, tokenizer, splits, normalise, device, runtime) if config.frozen else {}
-    prompt_features = None
-    if feats:  # only heads train: the encoders leave the model (and DDP)
-        prompt_features = encode_texts(model, tokenizer, list(config.prompts), config.max_length, device)
-        model.image_encoder = model.text_encoder = None
-        pairs = data.Pairs(train, feats["train"][0], config.seed)
-    else:
-        pairs = data.Pairs(train, split_images(config, train), config.seed)
-    per_rank = max(1, config.batch_size // runtime.world_size)
-    loader = runtime.prepare_loader(DataLoader(pairs, batch_size=per_rank, shuffle=True, drop_last=len(pairs) > per_rank,
-                                               generator=torch.Generator().manual_seed(config.seed),
-                                               collate_fn=None if feats else images_mod.collate,
-                                               pin_memory=torch.device(device).type == "cuda"))
-    opt = optimizer(model, config)
-    rng = RankRNG(config.seed, runtime.rank, device)  # the heads' dropout masks differ per rank
-    model = runtime.prepare_model(model)
-    frozen = tuple(prefix for prefix, trains in (("image_encoder.", config.train_image_encoder),
-                                                 ("text_encoder.", config.train_text_encoder)) if not trains)
+class _Training:
+    """One trial's training state: splits, model, loader, optimiser, random streams, the epoch
+    validation chose so far, logs."""
 
-    def trainable() -> dict:  # what a checkpoint needs of the model (frozen encoders never change)
-        return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items() if not k.startswith(frozen)}
+    def __init__(self, config: Config, runtime) -> None:
+        self.config, self.runtime, device = config, runtime, runtime.device
+        self.device = device
+        self.train, self.val, self.test = data.load_splits(config)
+        model, self.tokenizer, mean, std = build(config)
+        self.normalise = images_mod.Normalise(mean, std, device)  # uint8 (B, H, W, 3) -> normalised float on the device
+        self.counts = {
+            "image_params": sum(p.numel() for p in model.image_encoder.parameters()),
+            "text_params": sum(p.numel() for p in model.text_encoder.parameters()),
+            "head_params": sum(p.numel() for p in [*model.image_head.parameters(), *model.text_head.parameters()]) + 1,
+        }
+        model.to(device)
+        splits = {"train": self.train, "test": self.test, **({"val": self.val} if self.val is not None else {})}
+        self.feats = (frozen_features(config, model, self.tokenizer, splits, self.normalise, device, runtime)
+                      if config.frozen else {})
+        self.prompt_features = None
+        if self.feats:  # only heads train: the encoders leave the model (and DDP)
+            self.prompt_features = encode_texts(model, self.tokenizer, list(config.prompts), config.max_length, device)
+            model.image_encoder = model.text_encoder = None
+            self.pairs = data.Pairs(self.train, self.feats["train"][0], config.seed)
+        else:
+            self.pairs = data.Pairs(self.train, split_images(config, self.train), config.seed)
+        per_rank = max(1, config.batch_size // runtime.world_size)
+        self.loader = runtime.prepare_loader(DataLoader(
+            self.pairs, batch_size=per_rank, shuffle=True, drop_last=len(self.pairs) > per_rank,
+            generator=torch.Generator().manual_seed(config.seed), collate_fn=None if self.feats else images_mod.collate,
+            pin_memory=torch.device(device).type == "cuda"))
+        self.opt = optimizer(model, config)
+        self.rng = RankRNG(config.seed, runtime.rank, device)  # the heads' dropout masks differ per rank
+        self.model = runtime.prepare_model(model)
+        self.frozen = tuple(prefix for prefix, trains in (("image_encoder.", config.train_image_encoder),
+                                                          ("text_encoder.", config.train_text_encoder)) if not trains)
+        self.autocast = bf16_autocast(device, config.amp)  # the one bf16 policy (common.uses_bf16)
+        self.best = {"epoch": 0, "score": float("-inf"), "model": None}  # the epoch validation chose so far
+        self.start_epoch, self.state, self.last, self.writer = 1, None, {}, None
+        self.started = time.perf_counter()
 
-    start_epoch, state = 1, runtime.restore()
-    best = {"epoch": 0, "score": float("-inf"), "model": None}  # the epoch validation chose so far
-    if state is not None:
-        unwrap(model).load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        best = state.get("best", best)
-        if len(state.get("rng_by_rank", ())) == runtime.world_size:
-            rng.load(state["rng_by_rank"][runtime.rank])
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and torch.device(device).type == "cuda"
-                else contextlib.nullcontext())
-    started, last = time.perf_counter(), {}
-    writer = None
-    if runtime.is_rank_zero:  # loss, temperature and val recall per epoch; after a resume, a failed attempt's
-        from torch.utils.tensorboard import SummaryWriter  # events past the checkpoint are dropped
+    def trainable(self) -> dict:
+        """What a checkpoint needs of the model (frozen encoders never change)."""
+        return {k: v.detach().cpu().clone() for k, v in unwrap(self.model).state_dict().items()
+                if not k.startswith(self.frozen)}
 
-        writer = SummaryWriter(str(Path(runtime.artifact_dir) / "tensorboard"),
-                               purge_step=start_epoch if start_epoch > 1 else None)
-    for epoch in range(start_epoch, config.epochs + 1):
-        pairs.epoch = epoch  # a different caption per image each epoch
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+    def restore(self) -> None:
+        state = self.state = self.runtime.restore()
+        if state is not None:
+            unwrap(self.model).load_state_dict(state["model"], strict=False)
+            self.opt.load_state_dict(state["optimizer"])
+            self.start_epoch = state["epoch"] + 1
+            self.best = state.get("best", self.best)
+            if len(state.get("rng_by_rank", ())) == self.runtime.world_size:
+                self.rng.load(state["rng_by_rank"][self.runtime.rank])
+        if self.runtime.is_rank_zero:  # loss, temperature and val recall per epoch; after a resume, a failed
+            from torch.utils.tensorboard import SummaryWriter  # attempt's events past the checkpoint are dropped
+
+            self.writer = SummaryWriter(str(Path(self.runtime.artifact_dir) / "tensorboard"),
+                                        purge_step=self.start_epoch if self.start_epoch > 1 else None)
+
+    def train_epoch(self, epoch: int) -> dict:
+        config, device, model = self.config, self.device, self.model
+        self.pairs.epoch = epoch  # a different caption per image each epoch
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
         unwrap(model).train()
         for module in (unwrap(model).image_encoder, unwrap(model).text_encoder):
             if module is not None and not any(p.requires_grad for p in module.parameters()):
                 module.eval()  # a frozen encoder keeps its BatchNorm statistics and no dropout
         epoch_start, total, seen = time.perf_counter(), 0.0, 0
-        for images, caption_ids in loader:
-            if feats:
+        for images, caption_ids in self.loader:
+            if self.feats:
                 inputs = {"image_features": images.to(device),
-                          "text_features": feats["train"][1][caption_ids.cpu()].to(device)}
+                          "text_features": self.feats["train"][1][caption_ids.cpu()].to(device)}
             else:
-                texts = [train.captions[i] for i in caption_ids.tolist()]
-                inputs = {"images": normalise(images), **tokenize(tokenizer, texts, config.max_length, device)}
-            loss = train_step(model, opt, inputs, autocast)
+                texts = [self.train.captions[i] for i in caption_ids.tolist()]
+                inputs = {"images": self.normalise(images), **tokenize(self.tokenizer, texts, config.max_length, device)}
+            loss = train_step(model, self.opt, inputs, self.autocast)
             total += float(loss.detach()) * len(images)
             seen += len(images)
-            maybe_fail(config.fail_at_epoch, epoch, runtime)
+            maybe_fail(config.fail_at_epoch, epoch, self.runtime)
         seconds = time.perf_counter() - epoch_start
-        metrics = {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * runtime.world_size / seconds,
-                   "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started,
-                   "temperature": float(unwrap(model).scale().detach())}
+        return {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * self.runtime.world_size / seconds,
+                "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - self.started,
+                "temperature": float(unwrap(model).scale().detach())}
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        """Rank 0 validates (the test split chooses nothing) and checkpoints; every rank reports."""
         checkpoint = None
-        rng_by_rank = gather_objects(rng.state())
-        if runtime.is_rank_zero:
-            if val is not None:  # per-epoch metrics on validation only: the test split chooses nothing
-                retrieval, _ = evaluate(model, tokenizer, config, val, normalise, device, feats.get("val"))
+        rng_by_rank = gather_objects(self.rng.state())
+        if self.runtime.is_rank_zero:
+            if self.val is not None:
+                retrieval, _ = evaluate(self.model, self.tokenizer, self.config, self.val, self.normalise, self.device,
+                                        self.feats.get("val"))
                 metrics.update({f"val_{k}": v for k, v in retrieval.items()}, val_rsum=rsum(retrieval))
-                if metrics["val_rsum"] > best["score"]:
-                    best = {"epoch": epoch, "score": metrics["val_rsum"], "model": trainable(), "metrics": dict(metrics)}
-            checkpoint = {"model": trainable(), "optimizer": opt.state_dict(), "epoch": epoch, "rng_by_rank": rng_by_rank,
-                          "best": best}
+                if metrics["val_rsum"] > self.best["score"]:
+                    self.best = {"epoch": epoch, "score": metrics["val_rsum"], "model": self.trainable(),
+                                 "metrics": dict(metrics)}
+            checkpoint = {"model": self.trainable(), "optimizer": self.opt.state_dict(), "epoch": epoch,
+                          "rng_by_rank": rng_by_rank, "best": self.best}
             for tag, key in (("Loss/train", "loss"), ("Temperature", "temperature"), ("Val/t2i_r10", "val_t2i_r10"),
                              ("Val/i2t_r10", "val_i2t_r10"), ("Val/rsum", "val_rsum")):
                 if key in metrics:
-                    writer.add_scalar(tag, metrics[key], epoch)
-            writer.flush()
-        runtime.report(metrics, checkpoint=checkpoint)
-        last = metrics
+                    self.writer.add_scalar(tag, metrics[key], epoch)
+            self.writer.flush()
+        self.runtime.report(metrics, checkpoint=checkpoint)
+        self.last = metrics
 
-    final: dict = {}
-    if runtime.is_rank_zero:
+    def final_row(self) -> tuple[dict, list]:
+        """Rank 0: the chosen epoch's row (its loss, its val_ metrics) with its test metrics, and the prompts' rows."""
+        config, test, best = self.config, self.test, self.best
         if best["model"] is not None:  # the epoch validation chose
-            unwrap(model).load_state_dict(best["model"], strict=False)
+            unwrap(self.model).load_state_dict(best["model"], strict=False)
         selected = best["epoch"] if best["model"] is not None else config.epochs
-        retrieval, embeddings = evaluate(model, tokenizer, config, test, normalise, device, feats.get("test"))
-        # the chosen epoch's row (its loss, its val_ metrics), then its test metrics
-        final = {k: v for k, v in best.get("metrics", last).items() if k not in ("epoch_time_s", "wall_time_s")}
-        final.update(**retrieval, **counts, pair=config.pair, train_time_s=time.perf_counter() - started,
-                     world_size=runtime.world_size, resumed_from_epoch=state["epoch"] if state else 0,
-                     test_images=len(test.images), train_images=len(train.images),
-                     val_images=len(val.images) if val is not None else 0, selected_epoch=selected,
-                     selected_on="val rsum" if val is not None else "last epoch (no val split)",
-                     # bf16 forwards: frozen features (amp, a device with native bf16), or training on GPU
-                     bf16=bool(feats and features_in_bf16(config, device)) or not isinstance(autocast, contextlib.nullcontext),
+        retrieval, embeddings = evaluate(self.model, self.tokenizer, config, test, self.normalise, self.device,
+                                         self.feats.get("test"))
+        final = {k: v for k, v in best.get("metrics", self.last).items() if k not in ("epoch_time_s", "wall_time_s")}
+        final.update(**retrieval, **self.counts, pair=config.pair, train_time_s=time.perf_counter() - self.started,
+                     world_size=self.runtime.world_size, resumed_from_epoch=self.state["epoch"] if self.state else 0,
+                     test_images=len(test.images), train_images=len(self.train.images),
+                     val_images=len(self.val.images) if self.val is not None else 0, selected_epoch=selected,
+                     selected_on="val rsum" if self.val is not None else "last epoch (no val split)",
+                     bf16=uses_bf16(self.device, config.amp),  # bf16 forwards (features or training)
                      temperature=embeddings["scale"])
-        out = Path(runtime.artifact_dir)
+        out = Path(self.runtime.artifact_dir)
         final["embeddings_path"] = str(save_embeddings(out / "test_embeddings.npz", embeddings, test))
-        rows = write_prompts(model, tokenizer, config, test, embeddings["image"], prompt_features, device, out)
+        rows = write_prompts(self.model, self.tokenizer, config, test, embeddings["image"], self.prompt_features,
+                             self.device, out)
         for key in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"):  # once, at the chosen epoch
-            writer.add_scalar(f"Test/{key}", retrieval[key], selected)
-        writer.close()
-        runtime.report(rows, table="prompts")
-    else:
-        runtime.report({}, table="prompts")
+            self.writer.add_scalar(f"Test/{key}", retrieval[key], selected)
+        self.writer.close()
+        return final, rows
+
+
+def train_loop(config: Config, runtime) -> None:
+    run = _Training(config, runtime)
+    run.restore()
+    for epoch in range(run.start_epoch, config.epochs + 1):
+        run.end_epoch(epoch, run.train_epoch(epoch))
+    final, rows = run.final_row() if runtime.is_rank_zero else ({}, [])
+    runtime.report(rows if runtime.is_rank_zero else {}, table="prompts")
     runtime.report(final, final=True)
 
 

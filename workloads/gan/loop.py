@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from workloads.common import bf16_autocast, save_grid
+from workloads.common import bf16_autocast, save_grid, uses_bf16
 from workloads.gan import data, quality
 from workloads.gan.config import Config
 from workloads.gan.models import Discriminator, Generator, init_weights
@@ -89,129 +89,140 @@ def gan_step(g, d, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, bce,
     return loss_d, loss_g, logits
 
 
-def train_loop(config: Config, runtime) -> None:
-    device = runtime.device
-    if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    images, _ = data.load(config.data_dir, config.cache_dir, train=True, limit=config.train_images)
-    per_rank = max(1, config.batch_size // runtime.world_size)  # global batch = batch_size
-    loader = DataLoader(TensorDataset(images), batch_size=per_rank, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(config.seed))
-    loader = runtime.prepare_loader(loader)  # under Ray: DistributedSampler + device placement
-    g, d = build_models(config)
-    rng = RankRNG(config.seed, runtime.rank, device)  # from here on each rank draws its own noise and dropout
-    layout = torch.channels_last if config.channels_last else torch.contiguous_format
-    g, d = g.to(memory_format=layout), d.to(memory_format=layout)
-    g, d = runtime.prepare_model(g), runtime.prepare_model(d)  # two DDP modules, synced separately
-    if config.compile:
-        g, d = torch.compile(g), torch.compile(d)
-    autocast = bf16_autocast(device, config.amp)  # CUDA, or a CPU with native bf16; else fp32
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
-    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
-    bce = nn.BCEWithLogitsLoss()
+class _Training:
+    """One trial's training state: data, models, optimisers, random streams, logs (built by setup)."""
 
-    start_epoch, step, last = 1, 0, {}
-    state = runtime.restore()
-    if state is not None:  # resume after a failure: the next epoch after the last checkpoint
-        unwrap(g).load_state_dict(state["generator"])
-        unwrap(d).load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        for group in [*opt_g.param_groups, *opt_d.param_groups]:  # this config's lr, not the checkpoint's: under
-            group["lr"] = config.lr  # PBT the state may come from another trial, with a perturbed lr
-        if len(state.get("rng_by_rank", ())) == runtime.world_size:  # every rank continues its own stream
-            rng.load(state["rng_by_rank"][runtime.rank])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        last = dict(state.get("metrics", {}))  # a run resumed after its last epoch still has its final metrics
+    def __init__(self, config: Config, runtime) -> None:
+        self.config, self.runtime, self.device = config, runtime, runtime.device
+        if torch.device(self.device).type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        images, _ = data.load(config.data_dir, config.cache_dir, train=True, limit=config.train_images)
+        per_rank = max(1, config.batch_size // runtime.world_size)  # global batch = batch_size
+        loader = DataLoader(TensorDataset(images), batch_size=per_rank, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(config.seed))
+        self.loader = runtime.prepare_loader(loader)  # under Ray: DistributedSampler + device placement
+        g, d = build_models(config)
+        self.rng = RankRNG(config.seed, runtime.rank, self.device)  # from here on each rank draws its own noise, dropout
+        self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        g, d = g.to(memory_format=self.layout), d.to(memory_format=self.layout)
+        g, d = runtime.prepare_model(g), runtime.prepare_model(d)  # two DDP modules, synced separately
+        self.g, self.d = (torch.compile(g), torch.compile(d)) if config.compile else (g, d)
+        self.autocast = bf16_autocast(self.device, config.amp)  # the one bf16 policy (common.uses_bf16)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+        self.bce = nn.BCEWithLogitsLoss()
+        self.step, self.start_epoch, self.last, self.state = 0, 1, {}, None
+        self.out_dir, self.writer, self.scorer = Path(runtime.artifact_dir), None, None
+        self.say = getattr(runtime, "say", None)
+        self.started = time.perf_counter()
 
-    out_dir = Path(runtime.artifact_dir)
-    writer = scorer = None
-    if runtime.is_rank_zero:
-        from torch.utils.tensorboard import SummaryWriter
+    def restore(self) -> None:
+        """After a failure: the next epoch after the last checkpoint, every rank its own streams."""
+        config, state = self.config, self.runtime.restore()
+        if state is not None:
+            unwrap(self.g).load_state_dict(state["generator"])
+            unwrap(self.d).load_state_dict(state["discriminator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            for group in [*self.opt_g.param_groups, *self.opt_d.param_groups]:  # this config's lr, not the
+                group["lr"] = config.lr  # checkpoint's: under PBT the state may come from another trial
+            if len(state.get("rng_by_rank", ())) == self.runtime.world_size:
+                self.rng.load(state["rng_by_rank"][self.runtime.rank])
+            self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+            self.last = dict(state.get("metrics", {}))  # a run resumed after its last epoch keeps its final metrics
+        self.state = state
+        if self.runtime.is_rank_zero:
+            from torch.utils.tensorboard import SummaryWriter
 
-        # after a resume, drop events a failed attempt logged past the checkpoint
-        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step + 1 if step else None)
-        scorer = quality.Scorer(config.data_dir, config.cache_dir, config.fid_images)
-    score_epochs = set(config.sample_epochs) | {config.epochs}
-    started = time.perf_counter()
-    say = getattr(runtime, "say", None)
-    if say and start_epoch <= config.epochs:  # the workers are up and the data loaded: say so before the first step line
-        say(f"training on {runtime.world_size} worker{'s' * (runtime.world_size > 1)} ({device}): epochs "
-            f"{start_epoch}-{config.epochs}, {len(loader)} steps of {config.batch_size} images each"
-            f"{f' (resumed after epoch {start_epoch - 1})' if state is not None else ''}")
+            # after a resume, drop events a failed attempt logged past the checkpoint
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+            self.scorer = quality.Scorer(config.data_dir, config.cache_dir, config.fid_images)
 
-    for epoch in range(start_epoch, config.epochs + 1):
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the data: (1) update D, (2) update G per batch (gan_step); the epoch's means."""
+        config, device, loader = self.config, self.device, self.loader
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
-        epoch_start = time.perf_counter()
+        epoch_start = said = time.perf_counter()
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
         pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
-        said = time.perf_counter()
         for i, (real,) in enumerate(loader, start=1):
-            if say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
+            if self.say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
                 said, done = time.perf_counter(), time.perf_counter() - epoch_start
-                say(f"epoch {epoch}/{config.epochs}: step {i}/{len(loader)} (~{done / i * (len(loader) - i):.0f} s left "
-                    "in the epoch)", progress=(f"epoch {epoch} steps", i, len(loader)))
-            real = real.to(device).contiguous(memory_format=layout)
+                self.say(f"epoch {epoch}/{config.epochs}: step {i}/{len(loader)} (~{done / i * (len(loader) - i):.0f} s "
+                         "left in the epoch)", progress=(f"epoch {epoch} steps", i, len(loader)))
+            real = real.to(device).contiguous(memory_format=self.layout)
             b = real.size(0)
-            z = torch.randn(b, config.latent_dim, device=device, generator=rng.noise)  # this rank's own noise
-            loss_d, loss_g, logits = gan_step(g, d, opt_g, opt_d, real, z, bce, autocast)
-
-            step += 1
-            maybe_fail(config.fail_at_epoch, epoch, runtime)
+            z = torch.randn(b, config.latent_dim, device=device, generator=self.rng.noise)  # this rank's own noise
+            loss_d, loss_g, logits = gan_step(self.g, self.d, self.opt_g, self.opt_d, real, z, self.bce, self.autocast)
+            self.step += 1
+            maybe_fail(config.fail_at_epoch, epoch, self.runtime)
             with torch.no_grad():
                 sums += torch.stack([loss_d.detach() * b, loss_g.detach() * b, torch.sigmoid(logits[:b]).sum(),
                                      torch.sigmoid(logits[b:]).sum(), torch.tensor(float(b), device=device)])
-            if writer is not None:  # per-step losses stay on the device; one host sync every log_every steps
+            if self.writer is not None:  # per-step losses stay on the device; one host sync every log_every steps
                 pending.append(torch.stack([loss_d.detach(), loss_g.detach()]))
                 if len(pending) >= config.log_every:
-                    _flush_losses(writer, pending, step)
-        if writer is not None:
-            _flush_losses(writer, pending, step)
+                    _flush_losses(self.writer, pending, self.step)
+        if self.writer is not None:
+            _flush_losses(self.writer, pending, self.step)
+        totals = reduce_mean(sums) * self.runtime.world_size  # sums over every rank
+        seconds, n = time.perf_counter() - epoch_start, float(totals[4])
+        return {"epoch": epoch, "loss_d": float(totals[0] / n), "loss_g": float(totals[1] / n),
+                "d_x": float(totals[2] / n), "d_g_z": float(totals[3] / n), "images_per_s": n / seconds,
+                "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - self.started,
+                "lr": config.lr}  # constant, except under PBT, which perturbs it between epochs
 
-        totals = reduce_mean(sums) * runtime.world_size  # sums over every rank
-        seconds = time.perf_counter() - epoch_start
-        n = float(totals[4])
-        metrics = {
-            "epoch": epoch, "loss_d": float(totals[0] / n), "loss_g": float(totals[1] / n),
-            "d_x": float(totals[2] / n), "d_g_z": float(totals[3] / n),
-            "images_per_s": n / seconds, "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - started,
-            "lr": config.lr,  # constant, except under PBT, which perturbs it between epochs
-        }
-        checkpoint = None
-        rng_by_rank = gather_objects(rng.state())  # every rank's streams, into rank 0's checkpoint
-        if runtime.is_rank_zero:
-            if epoch in score_epochs:
-                save_grid(sample(g, FIXED_NOISE, config.latent_dim, config.seed, device),
-                          out_dir / "samples" / f"epoch_{epoch:03d}.png")
-                metrics.update(scorer.score(sample(g, config.fid_images, config.latent_dim, config.seed + 1, device)))
-                writer.add_scalar("Quality/FID", metrics["fid"], step)
-            writer.flush()
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        """Rank 0 samples and scores at the sample epochs; every rank reports, rank 0 with a checkpoint."""
+        config, checkpoint = self.config, None
+        rng_by_rank = gather_objects(self.rng.state())  # every rank's streams, into rank 0's checkpoint
+        if self.runtime.is_rank_zero:
+            if epoch in set(config.sample_epochs) | {config.epochs}:
+                save_grid(sample(self.g, FIXED_NOISE, config.latent_dim, config.seed, self.device),
+                          self.out_dir / "samples" / f"epoch_{epoch:03d}.png")
+                metrics.update(self.scorer.score(sample(self.g, config.fid_images, config.latent_dim, config.seed + 1,
+                                                        self.device)))
+                self.writer.add_scalar("Quality/FID", metrics["fid"], self.step)
+            self.writer.flush()
             checkpoint = {
-                "generator": unwrap(g).state_dict(), "discriminator": unwrap(d).state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "epoch": epoch, "step": step, "rng_by_rank": rng_by_rank, "metrics": metrics,
+                "generator": unwrap(self.g).state_dict(), "discriminator": unwrap(self.d).state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "epoch": epoch, "step": self.step, "rng_by_rank": rng_by_rank, "metrics": metrics,
             }
-        runtime.report(metrics, checkpoint=checkpoint)
-        last = metrics
+        self.runtime.report(metrics, checkpoint=checkpoint)
+        self.last = metrics
 
-    if runtime.is_rank_zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(unwrap(g).state_dict(), out_dir / "generator.pt")
-        torch.save(unwrap(d).state_dict(), out_dir / "discriminator.pt")
-        writer.close()
-        final = {k: v for k, v in last.items() if k not in ("epoch_time_s", "wall_time_s")}
+    def final_row(self) -> dict:
+        """Rank 0: the weights, then the trial's row (its last epoch's metrics and what ran it)."""
+        torch.save(unwrap(self.g).state_dict(), self.out_dir / "generator.pt")
+        torch.save(unwrap(self.d).state_dict(), self.out_dir / "discriminator.pt")
+        self.writer.close()
+        final = {k: v for k, v in self.last.items() if k not in ("epoch_time_s", "wall_time_s")}
         final.update(
-            train_time_s=time.perf_counter() - started, resumed_from_epoch=state["epoch"] if state else 0,
-            epochs_done=config.epochs, generator_path=str(out_dir / "generator.pt"),
-            classifier_accuracy=scorer.accuracy, classifier_digest=scorer.digest, world_size=runtime.world_size,
-            bf16=not isinstance(autocast, contextlib.nullcontext),  # amp on a device with native bf16
-            generator_params=sum(p.numel() for p in g.parameters()),
-            discriminator_params=sum(p.numel() for p in d.parameters()),
+            train_time_s=time.perf_counter() - self.started,
+            resumed_from_epoch=self.state["epoch"] if self.state else 0, epochs_done=self.config.epochs,
+            generator_path=str(self.out_dir / "generator.pt"), classifier_accuracy=self.scorer.accuracy,
+            classifier_digest=self.scorer.digest, world_size=self.runtime.world_size,
+            bf16=uses_bf16(self.device, self.config.amp),
+            generator_params=sum(p.numel() for p in self.g.parameters()),
+            discriminator_params=sum(p.numel() for p in self.d.parameters()),
         )
-    else:
-        final = {}
-    runtime.report(final, final=True)
+        return final
+
+
+def train_loop(config: Config, runtime) -> None:
+    run = _Training(config, runtime)
+    run.restore()
+    if run.say and run.start_epoch <= config.epochs:  # workers up, data loaded: say so before the first step line
+        run.say(f"training on {runtime.world_size} worker{'s' * (runtime.world_size > 1)} ({run.device}): epochs "
+                f"{run.start_epoch}-{config.epochs}, {len(run.loader)} steps of {config.batch_size} images each"
+                f"{f' (resumed after epoch {run.start_epoch - 1})' if run.state is not None else ''}")
+    for epoch in range(run.start_epoch, config.epochs + 1):
+        run.end_epoch(epoch, run.train_epoch(epoch))
+    if runtime.is_rank_zero:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.report(run.final_row() if runtime.is_rank_zero else {}, final=True)
 
 
 def preflight(config: Config, say=None) -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import progress as progress_file
-from orchestrator.provenance import package_version
-from orchestrator.ray_cluster import worker_resources
-from orchestrator.spec import Scaling
-from workloads.runtime import REPLAY_KEY, STATE_FILE, TABLE_KEY, load_state, save_state, table_of
+from orchestrator.results.provenance import package_version
+from orchestrator.engine.capacity import worker_resources
+from orchestrator.studies.spec import Scaling
+from workloads.runtime import REPLAY_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state, save_state, table_of
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
 ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch and state digest (see _TuneRuntime)
@@ -50,12 +50,10 @@ def root_cause(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
-class _TuneRuntime:
+class _TuneRuntime(SingleProcess):
     """Runtime of a single-process trial: reports go straight to Tune. With `use_gpu` it trains on
     the GPU Ray assigned; a node that declares one without usable CUDA fails the trial with one
     line, or, with the CPU fallback allowed, trains on its CPU and the rows say so."""
-
-    world_size, rank, is_rank_zero = 1, 0, True
 
     def __init__(self, artifact_dir: str, use_gpu: bool = False, allow_cpu_fallback: bool = False,
                  checkpoints: bool = False) -> None:
@@ -120,15 +118,6 @@ class _TuneRuntime:
                 self.restored = {"restored_from": f"{origin.get('trial_name')}@epoch {origin.get('epoch')}",
                                  "restored_digest": _digest(Path(directory))}
         return state
-
-    def barrier(self) -> None:
-        pass
-
-    def prepare_model(self, model):
-        return model.to(self.device)
-
-    def prepare_loader(self, loader):
-        return loader
 
 
 def _digest(directory: Path) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from orchestrator import ray_trackers
-from orchestrator.experiments import PROFILES, studies
-from orchestrator.spec import SCHEDULERS
+from orchestrator.engine import trackers
+from orchestrator.studies.experiments import PROFILES, studies
+from orchestrator.studies.spec import SCHEDULERS
 
 RESULTS_ENV = "ORCHESTRATOR_RESULTS"  # the default results directory (cluster.yaml: the shared storage)
 DEFAULT_RESULTS = os.environ.get(RESULTS_ENV) or "results"
@@ -29,12 +29,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,generate,validate-cluster}")
 
+    _add_run(sub)
+    sub.add_parser("list", help="list studies, their profiles and settings",
+                   description="List every study, its profiles and every setting --set accepts, with defaults.")
+    _add_report(sub)
+    _add_generate(sub)
+    check = sub.add_parser("validate-cluster", help="check a `ray up` cluster config offline",
+                           description="Validate a cluster config with Ray's own schema and preparation steps "
+                           "(no credentials, no network), and this project's rules (only SSH open).")
+    check.add_argument("file", nargs="?", default="cluster.yaml", help="default: cluster.yaml")
+    return parser
+
+
+def _results_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
+                        help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
+
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run a study (or all of them) and write its tables",
                          description="Run a study, or all, on Ray; results go to <results>/<study>/{trials,steps}.parquet.")
     run.add_argument("study", metavar="STUDY", help=f"one of: {', '.join(studies())}, or 'all'")
     run.add_argument("--profile", choices=PROFILES, default="local",
                      help="local: small embedded default for a laptop (default); paper: the study's full settings")
-    run.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
+    _results_option(run)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting: FIELD=VALUE for one study, STUDY.FIELD=VALUE under 'all'; "
                      "repeatable; see `list` for the fields")
@@ -52,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "per-epoch metric (GAN: FID at the sample epochs; CLIP: val rsum) trails the others' at the "
                      "same epoch: rows with status STOPPED, kept when an ASHA run resumes; pbt (GAN): population based training, "
                      "at each sample epoch the worst trials copy the best's weights and perturb its lr")
-    run.add_argument("--tracker", dest="trackers", action="append", default=[], choices=ray_trackers.TRACKERS,
+    run.add_argument("--tracker", dest="trackers", action="append", default=[], choices=trackers.TRACKERS,
                      help="also log every trial to an experiment tracker (repeatable): mlflow (params, per-epoch "
                      "metrics, image artifacts; default store <results>/mlruns) or wandb (offline unless $WANDB_MODE "
                      "says otherwise; `wandb sync` later); each needs its extra, e.g. pip install -e .[mlflow]")
@@ -76,17 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "and interrupted ones resume from their last checkpoint")
     run.add_argument("--no-dashboard", action="store_true", help="start local Ray without its dashboard")
 
-    sub.add_parser("list", help="list studies, their profiles and settings",
-                   description="List every study, its profiles and every setting --set accepts, with defaults.")
 
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="summarise results: one study in the terminal, or all as HTML",
                             description="With a STUDY: print its summary and write its plots next to its tables. "
                             "Without: write <results>/report.html, one self-contained page for every study.")
     report.add_argument("study", metavar="STUDY", nargs="?", default=None,
                         help=f"one of: {', '.join(studies())} (default: all, as HTML)")
-    report.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
+    _results_option(report)
     report.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="which run (default: the latest)")
 
+
+def _add_generate(sub) -> None:
     generate = sub.add_parser("generate", help="write a grid of new samples from a trained GAN generator",
                               description="Sample a trained generator into a PNG grid.")
     generate.add_argument("study", metavar="STUDY", choices=["gan"], help="gan")
@@ -96,10 +115,4 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=64, help="number of samples (default: 64, an 8x8 grid)")
     generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     generate.add_argument("--out", default=None, metavar="FILE", help="PNG to write (default: <results>/gan/generated.png)")
-    generate.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR", help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
-
-    check = sub.add_parser("validate-cluster", help="check a `ray up` cluster config offline",
-                           description="Validate a cluster config with Ray's own schema and preparation steps "
-                           "(no credentials, no network), and this project's rules (only SSH open).")
-    check.add_argument("file", nargs="?", default="cluster.yaml", help="default: cluster.yaml")
-    return parser
+    _results_option(generate)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
-from pathlib import Path
 
 INTERRUPTED = 130  # exit code of a run ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 _SIGNALLED: list[int] = []  # SIGINT / SIGTERM received by this run (see _interrupt)
@@ -48,46 +46,46 @@ def stop_ray() -> None:
 
 
 def descendants(pid: int) -> list[int]:
-    """Live descendants of `pid`, from /proc (Linux; elsewhere none are found)."""
-    parent_of = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parent_of[int(stat.parent.name)] = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parent_of.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
+    """Live descendants of `pid` (psutil: every platform it supports)."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def end_processes(pids: list[int], grace_s: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL what is left after grace_s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = []
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                alive.append(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace_s
-        while alive and sig == signal.SIGTERM and time.monotonic() < deadline:
-            time.sleep(0.1)
-            alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
-        pids = alive
+    """SIGTERM, then SIGKILL what is left after grace_s (zombies count as gone)."""
+    import psutil
+
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    alive = [p for p in alive if _running(p)]
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
-def _zombie(pid: int) -> bool:
+def _running(process) -> bool:
+    import psutil
+
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @contextlib.contextmanager

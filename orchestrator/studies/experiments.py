@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 
-from orchestrator.spec import Experiment, Scaling
+from orchestrator.studies.spec import Experiment, Scaling
 from workloads import minimax
 from workloads.clip import config as clip
 from workloads.gan import config as gan

@@ -86,12 +86,11 @@ def difference(a: pd.Series, b: pd.Series) -> tuple[float, float, bool]:
     (ma, sa, na), (mb, sb, nb) = _stats(a), _stats(b)
     if na < 2 or nb < 2:
         return mb - ma, float("nan"), False
-    va, vb = sa ** 2 / na, sb ** 2 / nb
-    se = math.sqrt(va + vb)
+    se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
     if se == 0:
         return mb - ma, se, mb != ma
-    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))  # Welch-Satterthwaite
-    return mb - ma, se, bool(abs(mb - ma) > stats.t.ppf(0.975, df) * se)
+    test = stats.ttest_ind(b.dropna().astype(float), a.dropna().astype(float), equal_var=False)  # Welch
+    return mb - ma, se, bool(test.pvalue < 0.05)
 
 
 def _effect(trials: pd.DataFrame, side: str) -> list[str]:

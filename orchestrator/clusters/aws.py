@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from orchestrator.spec import SpecError
+from orchestrator.studies.spec import SpecError
 
 
 def validate_cluster(path: str | os.PathLike) -> dict:

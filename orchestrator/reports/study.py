@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.results import STOPPED, ResultStore, StoreError
+from orchestrator.results.store import STOPPED, ResultStore, StoreError
 
 
 def study_report(study: str, store: ResultStore, run_id: str | None = None) -> tuple[str, list[Path], pd.DataFrame]:
@@ -111,17 +111,12 @@ def _game_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The stable learning-rate ranges per algorithm (measured and analytic), a convergence map and
+    distance curves (of the first game where the run swept the game's settings)."""
     from workloads import minimax
 
-    run_id = _label(trials)
-    first = trials.iloc[0]
+    first, label = trials.iloc[0], _label(trials)
     cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
-    algorithms = [a for a in minimax.ALGORITHMS if a in set(trials["algorithm"])]
     lines = [
         f"f = {cfg.a:g} x^2 {cfg.b:+g} xy {cfg.c:+g} y^2, saddle {cfg.saddle()}, "
         f"start ({first['x0']:g}, {first['y0']:g}), T = {int(first['steps'])}",
@@ -138,8 +133,26 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
                      "game; the plots show the first")
         games = _game_columns(trials)
         trials = trials[(trials[games] == trials.iloc[0][games]).all(axis=1)]
+    algorithms = [a for a in minimax.ALGORITHMS if a in set(trials["algorithm"])]
+    map_path = _convergence_map(trials, algorithms, out_dir / f"convergence_map-{label}.png")
+    curve_path = _distance_curves(steps_of(store, "minimax", trials), algorithms, int(first["steps"]),
+                                  out_dir / f"distance_curves-{label}.png")
+    lines += [f"plots: {map_path}", f"       {curve_path}"]
+    return "\n".join(lines), [map_path, curve_path]
 
-    # convergence map: one band per algorithm, colour = log10 distance to the saddle after T steps
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _convergence_map(trials: pd.DataFrame, algorithms: list[str], path: Path) -> Path:
+    """One band per algorithm, colour = log10 distance to the saddle after T steps."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 1 + 0.6 * len(algorithms)))
     for row, algorithm in enumerate(algorithms):
         sub = trials[trials["algorithm"] == algorithm].sort_values("lr")
@@ -152,18 +165,20 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
     ax.set_xscale("log")
     ax.set_yticks(range(len(algorithms)), algorithms)
     ax.set_xlabel("learning rate")
-    ax.set_title(f"log10 distance to the saddle after {int(first['steps'])} steps (blue: converged, red: diverged)")
+    ax.set_title(f"log10 distance to the saddle after {int(trials.iloc[0]['steps'])} steps (blue: converged, red: diverged)")
     fig.colorbar(mesh, ax=ax, label="log10 distance")
     fig.tight_layout()
-    map_path = out_dir / f"convergence_map-{run_id}.png"
-    fig.savefig(map_path, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
-    # distance vs step for a few learning rates per algorithm
-    steps = steps_of(store, "minimax", trials)
-    # the same learning rates (the grid's nearest to each target) in every panel: one legend serves all.
-    # Targets with distinct GDA contraction factors |1 - 8 lr| (0.05 and 0.2 share 0.6: their curves coincide).
-    # Three panels a row (readable on a laptop), the legend in the grid's spare cell or below it
+
+def _distance_curves(steps: pd.DataFrame, algorithms: list[str], total_steps: int, path: Path) -> Path:
+    """Distance vs step for a few learning rates per algorithm: the same learning rates (the grid's
+    nearest to each target) in every panel, so one legend serves all. Targets with distinct GDA
+    contraction factors |1 - 8 lr| (0.05 and 0.2 share 0.6: their curves coincide). Three panels a
+    row (readable on a laptop), the legend in the grid's spare cell or below it."""
+    plt = _pyplot()
     ncols = min(3, len(algorithms))
     nrows = -(-len(algorithms) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), sharey=True, squeeze=False)
@@ -190,14 +205,11 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
         spare[0].legend(handles, labels, loc="center", fontsize=11, frameon=False, title="learning rate")
     else:
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.suptitle(f"distance to the saddle over {int(first['steps'])} steps (log-log; above 1e12: diverged, stopped)",
-                 fontsize=11)
+    fig.suptitle(f"distance to the saddle over {total_steps} steps (log-log; above 1e12: diverged, stopped)", fontsize=11)
     fig.tight_layout(rect=(0, 0 if spare else 0.07, 1, 1))
-    curve_path = out_dir / f"distance_curves-{run_id}.png"
-    fig.savefig(curve_path, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    lines += [f"plots: {map_path}", f"       {curve_path}"]
-    return "\n".join(lines), [map_path, curve_path]
+    return path
 
 
 # ---- GAN and CLIP --------------------------------------------------------------------------------
@@ -209,10 +221,7 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
     """Final scores per trial, and the loss / FID curves over epochs as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     run_id = _label(trials)
     steps = steps_of(store, "gan", trials).sort_values("epoch")
@@ -271,7 +280,7 @@ def gan_over_seeds(trials: pd.DataFrame) -> list[str]:
 def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
     """The pairs compared (clip_report.py); the prompt grids of each configuration's first seed,
     prompt by prompt, the pairs side by side."""
-    from orchestrator import clip_report as compare
+    from orchestrator.reports import clip as compare
 
     lines = compare.text_report(trials)
     prompts = store.read("clip", "prompts")
@@ -294,16 +303,14 @@ def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tupl
 def clip_curves(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> Path | None:
     """Training loss and val text->image R@10 per epoch, one line per configuration (mean over its
     seeds, a band for min..max), one legend for both panels."""
-    from orchestrator import clip_report as compare
+    from orchestrator.reports import clip as compare
 
     steps = steps_of(store, "clip", trials)
     if steps.empty or "loss" not in steps:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
 
     label = dict(zip(trials["attempt"], compare.configurations(trials)))
     steps = steps.assign(configuration=attempts(steps).map(label))

@@ -6,16 +6,12 @@ and neither acts on a trial's last epoch or its final reports (the trial row, CL
 
 from __future__ import annotations
 
-from orchestrator.registry import Workload
-
-# trial ids ASHA stopped (the driver reads it when the trial ends: STOPPED, not ABORTED). Module-level:
-# Tune pickles its scheduler with the experiment state; this set stays in the driver process.
-EARLY_STOPPED: set[str] = set()
-from orchestrator.spec import Experiment
+from orchestrator.studies.registry import Workload
+from orchestrator.studies.spec import Experiment
 from workloads.runtime import TABLE_KEY
 
 
-def build(exp: Experiment, workload: Workload, configs: list):
+def build(exp: Experiment, workload: Workload, configs: list, early_stopped: set[str]):
     """Tune's trial scheduler for `exp.scheduler` (None: FIFO, every trial to its end).
 
     pbt: population based training on the same metric, perturbing `workload.pbt` (the GAN's lr).
@@ -25,7 +21,8 @@ def build(exp: Experiment, workload: Workload, configs: list):
     trial's epochs): a trial reaching a rung below the rung's top half so far is stopped. Where the
     metric comes only at some epochs (GAN: FID at sample epochs), a rung is judged at the next one.
     A trial at its last epoch is never stopped (ASHA stops trials that reach max_t, which would cut
-    the final report, with the test evaluation, of every trial that ran to its end)."""
+    the final report, with the test evaluation, of every trial that ran to its end). The ids of the
+    trials ASHA stops are added to `early_stopped` (their rows say STOPPED, not ABORTED)."""
     if exp.scheduler == "fifo":
         return None
     from ray import tune
@@ -68,7 +65,7 @@ def build(exp: Experiment, workload: Workload, configs: list):
                 return TrialScheduler.CONTINUE  # the final reports, and the last epoch: let the trial end
             decision = super().on_trial_result(tune_controller, trial, result)
             if decision == TrialScheduler.STOP:
-                EARLY_STOPPED.add(trial.trial_id)
+                early_stopped.add(trial.trial_id)
             return decision
 
     return ASHA(time_attr=step_key, metric=metric, mode=mode, max_t=max_t, grace_period=1, reduction_factor=2)

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from orchestrator import sweeps
+from orchestrator.studies import sweeps
 
 
 # Fields that say where things are on this machine, not what the trial computes: moving the data

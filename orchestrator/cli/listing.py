@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator.experiments import EXPERIMENTS
-from orchestrator.registry import WORKLOADS
+from orchestrator.studies.experiments import EXPERIMENTS
+from orchestrator.studies.registry import WORKLOADS
 
 TRAIN_ONLY = ("num_workers", "max_failures", "sync_bn")  # Scaling fields of Train runs (DDP workers, restarts)
 GPU_ONLY = ("use_gpu", "gpus_per_worker")  # Scaling fields of studies whose trials can use a GPU

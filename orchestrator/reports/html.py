@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import clip_report as compare
-from orchestrator import report
-from orchestrator.registry import WORKLOADS
-from orchestrator.results import FINISHED, ResultStore, StoreError
+from orchestrator.reports import clip as compare
+from orchestrator.reports import study as report
+from orchestrator.studies.registry import WORKLOADS
+from orchestrator.results.store import FINISHED, ResultStore, StoreError
 from workloads.common import atomic_path
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}

@@ -18,9 +18,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator import schemas
+from orchestrator.results import schemas
 from workloads.common import TMP_MARK, atomic_path
 
 FORMAT_VERSION = 2  # bump when the table layout changes incompatibly (2: trial keys without local paths)
@@ -178,14 +179,20 @@ def latest_finished(table: pd.DataFrame, keys, keep_stopped: bool = True) -> pd.
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A table (a folder of Parquet parts, or one file) as one frame, the parts' schemas unified (a
+    column missing from a part reads as null). pyarrow.dataset reads the parts in parallel and skips
+    hidden files (a writer's temporaries)."""
     path = Path(path)
     if path.is_file():
         return pd.read_parquet(path)
-    parts = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_"))) if path.exists() else []
-    if not parts:
+    if not path.exists():
         return pd.DataFrame()
-    tables = [pq.read_table(p) for p in parts]
-    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    dataset = ds.dataset(path, format="parquet")
+    fragments = list(dataset.get_fragments())
+    if not fragments:
+        return pd.DataFrame()
+    schema = pa.unify_schemas([f.physical_schema for f in fragments], promote_options="permissive")
+    return ds.dataset([f.path for f in fragments], schema=schema, format="parquet").to_table().to_pandas()
 
 
 def _sanitize(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.ray_session import BackendError
-from orchestrator.spec import Scaling
+from orchestrator.engine.session import BackendError
+from orchestrator.studies.spec import Scaling
 
 CONFIG_ENV = "ORCHESTRATOR_CLUSTER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the cluster config here, on the head

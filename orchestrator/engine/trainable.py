@@ -1,0 +1,38 @@
+"""What Tune runs for a plan's trials, and what each asks of the cluster (driver side).
+
+A distributed workload's trial is a Train driver (actors.train_driver): it holds no CPU, only the
+`train_driver` resource, and waits on its TorchTrainer's workers; as many run at once as the
+cluster can hold worker groups. A single-process trial (minimax, frozen-encoder CLIP, any PBT
+trial) is a Tune function trial that asks for one worker's resources itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from orchestrator.engine import actors, capacity
+from orchestrator.engine.plan import TrialPlan, train_run_names
+from orchestrator.engine.session import DRIVER_RESOURCE
+
+CPU_FALLBACK_ENV = "ORCHESTRATOR_ALLOW_CPU_FALLBACK"  # "1": GPU nodes without CUDA train on CPU (gloo), rows say so
+
+
+def build(plan: TrialPlan, joined: bool, say: Callable[[str], None]) -> tuple[object, int | None]:
+    """(Tune's trainable with its resources, how many trials to run at once; None: no limit)."""
+    from ray import tune
+
+    scaling = plan.exp.scaling
+    # read here, in the CLI's process: actors on a cluster do not inherit its environment
+    fallback = os.environ.get(CPU_FALLBACK_ENV, "") == "1"
+    common = dict(module=plan.workload.module, configs=plan.configs, artifact_dirs=plan.artifact_dirs,
+                  allow_cpu_fallback=fallback)
+    if plan.distributed:
+        driver = tune.with_parameters(actors.train_driver, **common, scaling=scaling, storage=plan.storage,
+                                      names=train_run_names(plan.storage, plan.names, plan.attempts, say))
+        # the driver only waits on its TorchTrainer's workers: no CPU
+        return tune.with_resources(driver, {"cpu": 0, DRIVER_RESOURCE: 1}), capacity.max_concurrent(scaling, joined, say)
+    need, fits = capacity.single_process_resources(scaling, joined)
+    trial = tune.with_parameters(actors.function_trial, **common, use_gpu=scaling.use_gpu, checkpoints=plan.pbt)
+    resources = {"cpu": need.pop("CPU"), "gpu": need.pop("GPU", 0), **need}
+    return tune.with_resources(trial, resources), scaling.max_concurrent_trials or fits
