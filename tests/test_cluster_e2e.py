@@ -3,7 +3,7 @@ like cluster.yaml): `run all` at tiny settings with GPU-shaped scaling, submitte
 submit`. Worker nodes start from zero; the GPU studies run on GPU-type nodes (declared GPUs without
 CUDA: ORCHESTRATOR_ALLOW_CPU_FALLBACK=1, the rows say so), minimax on the head or CPU-type nodes;
 each table lands once on the shared storage; the report renders; the job ends SUCCEEDED. Not shown
-here: real AWS, real GPUs, cluster.yaml's setup commands (see the README)."""
+here: real AWS, real GPUs, cluster.yaml's setup commands (see docs/clusters.md)."""
 
 import json
 import re

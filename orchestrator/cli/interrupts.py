@@ -1,5 +1,5 @@
 """How a run ends on Ctrl-C or SIGTERM: Ray stopped (even one interrupted inside ray.init), the
-run lock released by the unwinding, exit code 130. Used by cli.py and __main__.py."""
+run lock released by the unwinding, exit code 130. Used by cli/app.py, cli/run.py and __main__.py."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 `_TuneRuntime` serves single-process Tune trials; `_TrainRuntime` serves Ray Train workers (DDP
 preparation, `ray.train.report` with checkpoints). A distributed trial is `train_driver`: a Tune
 function that builds and fits one `TorchTrainer` (the Train V2 pattern; `Tuner(trainer)` is
-deprecated). Together with ray_backend.py, the only code that imports ray.tune / ray.train.
+deprecated). Imported only inside Ray actors and by the engine's driver-side modules.
 """
 
 from __future__ import annotations

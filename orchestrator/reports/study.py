@@ -278,7 +278,7 @@ def gan_over_seeds(trials: pd.DataFrame) -> list[str]:
 
 
 def clip_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple[str, list[Path]]:
-    """The pairs compared (clip_report.py); the prompt grids of each configuration's first seed,
+    """The pairs compared (reports/clip.py); the prompt grids of each configuration's first seed,
     prompt by prompt, the pairs side by side."""
     from orchestrator.reports import clip as compare
 

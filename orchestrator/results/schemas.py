@@ -22,15 +22,15 @@ import pyarrow as pa
 TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.large_string(), "bool": pa.bool_()}
 
 IDS = {"run_id": "str", "study": "str", "trial_id": "str", "trial_key": "str", "trial_name": "str",
-       "attempt": "str", "code_version": "str", "node_id": "str"}  # every table (ray_backend.ids)
+       "attempt": "str", "code_version": "str", "node_id": "str"}  # every table (engine/plan.py: TrialPlan.ids)
 WORKER = {"ray_version": "str", "torch_version": "str", "device": "str", "device_name": "str",
-          "device_count": "int", "sync_bn": "bool", "cpu_fallback": "bool"}  # ray_workers: what ran the trial
-TRIAL = {"status": "str", "error": "str", "wall_time_s": "float"}  # ray_backend: how the trial ended
+          "device_count": "int", "sync_bn": "bool", "cpu_fallback": "bool"}  # engine/actors.py: what ran the trial
+TRIAL = {"status": "str", "error": "str", "wall_time_s": "float"}  # engine/sink.py: how the trial ended
 CHECKPOINTED = {"checkpoint_digest": "str", "restored_from": "str", "restored_digest": "str"}  # steps: Tune
 # checkpoints of single-process trials (PBT): the state's digest, and what a restore (an exploit) loaded
 RUNS = {"run_id": "str", "study": "str", "profile": "str", "trial_index": "int", "trial_key": "str",
         "trial_name": "str", "params": "str", "scheduler": "str", "kept": "bool", "code_version": "str",
-        "started_at": "float"}  # cli._spec_frame
+        "started_at": "float"}  # cli/run.py: _spec_frame
 
 
 def config_types(config: Any, exclude: tuple[str, ...] = ()) -> dict[str, str]:
