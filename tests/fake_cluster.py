@@ -38,19 +38,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fake_config(gcs_address: str, cpu_max: int = 2, gpu_max: int = 2) -> dict:
+PROVIDER = "tests.fake_provider.FailingFakeProvider"  # Ray's fake provider, whose launches can fail
+HEAD_INSTANCE_ID = "f" * 51 + "00000"  # the fake provider's id for the head (see FakeCluster.start)
+
+
+def fake_config(gcs_address: str, cpu_max: int = 2, gpu_max: int = 2, extra_types: dict | None = None) -> dict:
     empty_lists = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
                    "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
                    "rsync_filter")
     return {
         "cluster_name": "orchestrator-fake",
-        "max_workers": cpu_max + gpu_max,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs_address},
+        "max_workers": cpu_max + gpu_max + sum(t.get("max_workers", 0) for t in (extra_types or {}).values()),
+        # an external provider: autoscaler v2 (what `ray up` runs) dies at start on `type: fake_multinode`
+        "provider": {"type": "external", "module": PROVIDER, "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True, "gcs_address": gcs_address},
         "available_node_types": {
             HEAD_TYPE: {"resources": HEAD_RESOURCES, "node_config": {}, "max_workers": 0},
             CPU_TYPE: {"resources": {"CPU": 2, "cpu_node": 2}, "node_config": {}, "min_workers": 0, "max_workers": cpu_max},
             GPU_TYPE: {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": gpu_max},
+            **(extra_types or {}),
         },
         "head_node_type": HEAD_TYPE,
         "auth": {}, "upscaling_speed": 1.0, "idle_timeout_minutes": 5, "docker": {}, "file_mounts": {},
@@ -60,7 +66,13 @@ def fake_config(gcs_address: str, cpu_max: int = 2, gpu_max: int = 2) -> dict:
 
 
 class FakeCluster:
-    def __init__(self, shared: Path, env: dict | None = None) -> None:
+    """The cluster `ray up` builds, on one machine: autoscaler v2 (as `ray up` starts it since Ray 2.50:
+    RAY_enable_autoscaler_v2=1 on the head, which also needs its cloud instance id and node type);
+    `autoscaler="v1"` for the older monitor."""
+
+    def __init__(self, shared: Path, env: dict | None = None, autoscaler: str = "v2",
+                 extra_types: dict | None = None) -> None:
+        self.extra_types = extra_types
         self.shared = shared  # the "shared storage" every node sees (results, caches)
         # a short temp dir: Ray's unix sockets live below it (paths are limited to 107 bytes)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rfc", dir="/tmp"))
@@ -71,7 +83,11 @@ class FakeCluster:
                     "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_USAGE_STATS_ENABLED": "0",
                     "RAY_AUTH_MODE": "disabled",  # token auth is tested on its own (test_cluster_auth)
                     "ORCHESTRATOR_CLUSTER_CONFIG": str(self.config_path),
-                    "ORCHESTRATOR_CACHE_DIR": str(shared / "cache")}  # as cluster.yaml sets it on every node
+                    "ORCHESTRATOR_CACHE_DIR": str(shared / "cache"),  # as cluster.yaml sets it on every node
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        if autoscaler == "v2":  # as `ray up` starts the head (without the instance id v2 never launches)
+            self.env.update(RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=HEAD_INSTANCE_ID,
+                            RAY_NODE_TYPE_NAME=HEAD_TYPE)
         self.env.pop("RAY_ADDRESS", None)
         self.address = ""
 
@@ -84,7 +100,7 @@ class FakeCluster:
 
         ip = ray._private.services.get_node_ip_address()
         self.address = f"{ip}:{self.port}"
-        self.config_path.write_text(yaml.safe_dump(fake_config(self.address)))
+        self.config_path.write_text(yaml.safe_dump(fake_config(self.address, extra_types=self.extra_types)))
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.port}",
                f"--autoscaling-config={self.config_path}", "--num-cpus=1", "--num-gpus=0",
                "--resources=" + json.dumps({k: v for k, v in HEAD_RESOURCES.items() if k != "CPU"}), f"--temp-dir={self.temp_dir}",

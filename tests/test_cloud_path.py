@@ -9,7 +9,9 @@ import torch
 
 from orchestrator.engine import capacity
 from orchestrator.cli import main
-from orchestrator.engine.capacity import NodeType, Watcher, describe_wait, max_worker_slots
+from orchestrator.engine import waiting
+from orchestrator.engine.capacity import NodeType, max_worker_slots
+from orchestrator.engine.waiting import Watcher, describe_wait
 from orchestrator.engine.actors import root_cause
 
 TYPES = [NodeType("head.cpu", {"CPU": 8, "train_driver": 64}, 1, head=True),
@@ -62,14 +64,14 @@ def test_the_wait_is_described_in_the_autoscalers_words():
     launching = {"pending_nodes": [["10.0.0.5", "cpu.spot", "WAITING-FOR-SSH"]]}
     assert describe_wait(launching, TYPES, 3) == "waiting for 1 CPU node (cpu.spot): nodes waiting-for-ssh"
     assert describe_wait({}, None, 2) == "2 trial(s) waiting for resources held by running trials"
-    assert capacity.awaits_nodes(NO_CAPACITY) and capacity.awaits_nodes(launching)
-    assert not capacity.awaits_nodes({"active_nodes": {"cpu.spot": 2}})  # a full cluster: trials queue
+    assert waiting.awaits_nodes(NO_CAPACITY) and waiting.awaits_nodes(launching)
+    assert not waiting.awaits_nodes({"active_nodes": {"cpu.spot": 2}})  # a full cluster: trials queue
 
 
 def test_the_watcher_says_what_trials_wait_for_and_gives_up_after_max_wait(monkeypatch):
     groups = {"pg-other": {"state": "PENDING"}}  # another job's, there before the run
-    monkeypatch.setattr(capacity, "pending_groups", lambda: dict(groups))
-    monkeypatch.setattr(capacity, "autoscaler_report", lambda: NO_CAPACITY)
+    monkeypatch.setattr(waiting, "pending_groups", lambda: dict(groups))
+    monkeypatch.setattr(waiting, "autoscaler_report", lambda: NO_CAPACITY)
     lines, reasons = [], []
     with Watcher(lines.append, max_wait_s=1.0, types=TYPES, on_give_up=reasons.append, poll_s=0.2):
         time.sleep(1.5)
@@ -83,8 +85,8 @@ def test_the_watcher_says_what_trials_wait_for_and_gives_up_after_max_wait(monke
 
 
 def test_trials_queued_behind_running_ones_never_end_the_run(monkeypatch):
-    monkeypatch.setattr(capacity, "pending_groups", lambda: {"pg-queued": {"state": "PENDING"}})
-    monkeypatch.setattr(capacity, "autoscaler_report", lambda: {"active_nodes": {"gpu.spot.1x": 6}})
+    monkeypatch.setattr(waiting, "pending_groups", lambda: {"pg-queued": {"state": "PENDING"}})
+    monkeypatch.setattr(waiting, "autoscaler_report", lambda: {"active_nodes": {"gpu.spot.1x": 6}})
     lines, reasons = [], []
     with Watcher(lines.append, max_wait_s=0.5, types=TYPES, on_give_up=reasons.append, poll_s=0.1):
         time.sleep(1.5)

@@ -270,21 +270,34 @@ def _cuda_probe() -> dict:
             "gpu_ids": ray.get_gpu_ids()}
 
 
+PROBE_GRACE_S = 60.0  # the probe waits this much past max_wait_s: the run's watcher gives up first, with its reason
+
+
 def check_gpu_nodes(allow_cpu_fallback: bool, timeout_s: float, cpus_per_worker: float, gpus_per_worker: float = 1.0) -> bool:
     """Before the TorchTrainer picks NCCL (it does so from use_gpu, before any user code runs): probe
     a node of the shape one worker needs (so the autoscaler starts, if anything, a node the workers
     will use). True: train on CPU with gloo (allowed fallback). Raises with one line otherwise.
-    It sees one node: cluster.yaml's GPU types also check CUDA in their setup, on every node."""
+    The probe holds a placement group of its own while it waits, so the run's watcher sees this trial
+    waiting for a GPU node and says what the autoscaler says of it. It sees one node: cluster.yaml's
+    GPU types also check CUDA in their setup, on every node."""
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    # "DEFAULT": outside this trial's placement group (which holds only `train_driver`)
-    probe = ray.remote(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)(_cuda_probe).options(scheduling_strategy="DEFAULT").remote()
+    group = placement_group([{"GPU": gpus_per_worker, "CPU": cpus_per_worker}])
     try:
-        found = ray.get(probe, timeout=timeout_s or None)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(probe, force=True)
-        raise RuntimeError(f"no GPU node was free within {timeout_s:g} s (max_wait_s) to check that torch can use "
-                           "its GPU") from None
+        try:
+            ray.get(group.ready(), timeout=(timeout_s + PROBE_GRACE_S) if timeout_s else None)
+        except ray.exceptions.GetTimeoutError:
+            from orchestrator.engine import waiting
+
+            raise RuntimeError(f"no GPU node came within {timeout_s + PROBE_GRACE_S:g} s to check that torch can use "
+                               f"its GPU: {waiting.describe_wait(waiting.autoscaler_report(), None, 1)}") from None
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
+        found = ray.get(ray.remote(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)(_cuda_probe)
+                        .options(scheduling_strategy=strategy).remote())
+    finally:
+        remove_placement_group(group)
     if found["cuda"]:
         return False
     if not allow_cpu_fallback:
@@ -292,6 +305,20 @@ def check_gpu_nodes(allow_cpu_fallback: bool, timeout_s: float, cpus_per_worker:
                            "fix the node's driver or torch build (or set ORCHESTRATOR_ALLOW_CPU_FALLBACK=1 to train "
                            "on its CPU, as the simulated cluster does)")
     return True
+
+
+def _trainer_class():
+    """TorchTrainer without Train's detached PlacementGroupCleaner: it asks the State API (the dashboard)
+    whether its controller lives, so without a dashboard it never frees the group of a trial Tune
+    stopped, and never exits. The run's driver frees such groups itself (reclaim.py)."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
 
 
 def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: list, names: list,
@@ -304,13 +331,13 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
     if scaling.max_wait_s:
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(max(60.0, scaling.max_wait_s + 60)))
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
     index, config = trial_config(params, configs)
     cpu_fallback = (check_gpu_nodes(allow_cpu_fallback, scaling.max_wait_s, scaling.cpus_per_worker, scaling.gpus_per_worker)
                     if scaling.use_gpu else False)
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_worker,
         torch_config=TorchConfig(backend="gloo") if cpu_fallback else None,  # None: nccl with GPUs, else gloo
         train_loop_config={"module": module, "config": config, "artifact_dir": artifact_dirs[index],

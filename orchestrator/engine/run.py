@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from orchestrator import progress as progress_lines
-from orchestrator.engine import capacity, schedulers, session, trackers as tracker_callbacks
+from orchestrator.engine import capacity, schedulers, session, trackers as tracker_callbacks, waiting
 from orchestrator.engine import trainable as trainables
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.engine.session import BackendError
@@ -70,7 +70,7 @@ def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined
     trainable, concurrent = trainables.build(plan, joined, study_say)
     tuner = _tuner(plan, sink, trainable, concurrent, store, trackers, tracking_uri, study_say)
     types = capacity.cluster_node_types(joined)
-    sink.watcher = capacity.Watcher(study_say, plan.exp.scaling.max_wait_s, types[0] if types else None,
+    sink.watcher = waiting.Watcher(study_say, plan.exp.scaling.max_wait_s, types[0] if types else None,
                                     on_give_up=lambda reason: sink.fail(BackendError(f"{plan.study}: {reason}")))
     by_epoch = all(plan.epochs(i) for i in range(len(plan.configs)))  # the bar counts epochs where all have them
     bar = progress_lines.Bar(plan.run_key, plan.study,

@@ -60,7 +60,7 @@ class RowSink:
         self.written: list[pd.DataFrame] = []  # trial rows, as they were written
         self.failure: Exception | None = None  # a write that failed, or a wait given up: the run stops
         self.early_stopped: set[str] = set()  # trial ids the scheduler stopped (STOPPED rows, not ABORTED)
-        self.watcher = None  # capacity.Watcher, told that trials move
+        self.watcher = None  # waiting.Watcher, told that trials move
 
     def fail(self, exc: Exception) -> None:
         if self.failure is None:
