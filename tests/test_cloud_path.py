@@ -40,7 +40,7 @@ def test_shipped_cluster_config_sizes_the_paper_gan(monkeypatch):
     assert max_worker_slots(types, max_workers, {"CPU": 4, "GPU": 1}) // 2 == 7  # 2-worker GPU trials at once
 
 
-def test_single_process_trials_ask_for_what_no_gpu_node_has(monkeypatch):
+def test_single_process_trials_ask_for_what_no_gpu_node_has(ray_session, monkeypatch):  # a local Ray: its CPUs
     """minimax on cluster.yaml: its trials ask for `cpu_node`, which only the head and the CPU type
     declare, so the autoscaler can never meet them with a GPU node; at once: what those hold."""
     from pathlib import Path

@@ -60,6 +60,8 @@ def release_orphans(groups: list | None = None) -> Released:
     import ray
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+    if not ray.is_initialized():  # nothing of this process's to release
+        return Released([], {})
     job_id = ray.get_runtime_context().get_job_id()
     orphans = orphaned_groups(group_table() if groups is None else groups, job_id)
     resources: dict[str, float] = {}

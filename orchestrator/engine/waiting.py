@@ -247,6 +247,8 @@ def _ours_hold_resources() -> bool:
         import ray
         from ray.core.generated import gcs_pb2
 
+        if not ray.is_initialized():
+            return True
         job = ray.get_runtime_context().get_job_id()
         return any(g.state == gcs_pb2.PlacementGroupTableData.CREATED and g.creator_job_id.hex() == job
                    and any(b.unit_resources.get("CPU", 0) or b.unit_resources.get("GPU", 0) for b in g.bundles)
