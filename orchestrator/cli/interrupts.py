@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 
 INTERRUPTED = 130  # exit code of a run ended by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 _SIGNALLED: list[int] = []  # SIGINT / SIGTERM received by this run (see _interrupt)
@@ -70,8 +71,10 @@ def end_processes(pids: list[int], grace_s: float = 3.0) -> None:
             process.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
-    alive = [p for p in alive if _running(p)]
+    # polled, not psutil.wait_procs: that reaps our own children, whose exit status their Popen then loses
+    deadline = time.monotonic() + grace_s
+    while (alive := [p for p in processes if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for process in alive:
         try:
             process.kill()
