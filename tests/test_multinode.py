@@ -22,6 +22,12 @@ cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
 nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+# both nodes able to run work before the study starts: on a loaded 2-core machine the new node's
+# first worker process took longer to start than the whole study took on the head (CI, once)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+here = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id())
+assert ray.get([here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
+                for n in nodes], timeout=120) == nodes
 code = main(["run", "minimax", "--results", sys.argv[1], "--set", "num_lrs=600", "--set", "steps=20000"])
 ray.shutdown()
 cluster.shutdown()
@@ -36,5 +42,6 @@ def test_trials_spread_over_two_nodes_and_land_once(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["code"] == 0 and len(result["nodes"]) == 2
     trials = pd.read_parquet(tmp_path / "minimax" / "trials.parquet")
-    assert set(trials["node_id"]) == set(result["nodes"])  # both nodes ran trials
+    per_node = trials.groupby("node_id").size().to_dict()
+    assert set(per_node) == set(result["nodes"]), per_node  # both nodes ran trials
     assert len(trials) == 5 * 600 and not trials.duplicated(["algorithm", "lr"]).any()  # each row once
