@@ -2,6 +2,7 @@
 the data split, a real 2-worker DDP trial with an injected failure, and the offline pretrained pair."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.cli import main
+from orchestrator.results import ResultStore
 from workloads.clip import data, encoders, loop
 from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
@@ -194,7 +196,8 @@ def test_ddp_clip_trial_resumes_and_writes_every_table(ddp_clip):
     assert row["selected_on"] == "val rsum"
     assert row["selected_epoch"] == int(steps.sort_values("epoch").loc[steps["val_rsum"].idxmax(), "epoch"])
     assert 0 <= row["t2i_r1"] <= row["t2i_r5"] <= row["t2i_r10"] <= 1
-    saved = np.load(row["embeddings_path"])
+    assert not Path(row["embeddings_path"]).is_absolute()  # stored relative to the results root
+    saved = np.load(ddp_clip / row["embeddings_path"])
     assert saved["image"].shape == (16, 256) and saved["text"].shape == (len(saved["image_of"]), 256)
     assert set(saved["image_of"]) == set(range(16))
     sim = saved["text"] @ saved["image"].T  # re-analysis without retraining gives the row's numbers
@@ -203,6 +206,22 @@ def test_ddp_clip_trial_resumes_and_writes_every_table(ddp_clip):
     assert prompts.groupby("prompt")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
     grids = sorted((ddp_clip / "clip" / "artifacts").glob("*/prompts/*.png"))
     assert len(grids) == 5 and all(g.stat().st_size > 5000 for g in grids)
+
+
+def test_a_copied_clip_results_folder_reports_its_own_files(ddp_clip, tmp_path):
+    """Rows hold paths relative to the results root: a copy (as `ray rsync-down` makes) reads its own
+    embeddings and prompt grids, and the report embeds them from there."""
+    from orchestrator.reports.study import study_report
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(ddp_clip, copy, symlinks=True)
+    store = ResultStore(copy)
+    (row,) = store.read("clip", "trials").to_dict("records")
+    assert Path(row["embeddings_path"]).is_relative_to(copy) and Path(row["embeddings_path"]).exists()
+    grids = store.read("clip", "prompts")["grid"].unique()
+    assert len(grids) == 5 and all(Path(g).is_relative_to(copy) and Path(g).exists() for g in grids)
+    _, images, _ = study_report("clip", store)
+    assert sum(Path(i).suffix == ".png" and Path(i).is_relative_to(copy) and "prompts" in str(i) for i in images) == 5
 
 
 def test_offline_pretrained_pair_retrieves_well_above_chance(data_dir, tmp_path):
@@ -271,3 +290,37 @@ def test_images_decoded_once_into_the_cache_give_the_old_tensors(data_dir, tmp_p
 def test_a_diverged_models_nan_scores_never_look_perfect():
     m = retrieval_metrics(np.full((10, 5), np.nan), np.repeat(np.arange(5), 2))
     assert m["t2i_r1"] == pytest.approx(1 / 5) and m["t2i_mean_rank"] == pytest.approx(3.0)  # chance, not 1.0
+
+
+def test_a_preemption_checkpoint_mid_epoch_resumes_to_the_uninterrupted_numbers(data_dir, tmp_path):
+    """Fine-tuned encoders, a notice in epoch 2's second batch: the resumed run ends with exactly the
+    uninterrupted run's losses and recalls (CPU)."""
+    import dataclasses
+
+    from workloads.runtime import LocalRuntime
+
+    config = Config(data_dir=data_dir, cache_dir=str(tmp_path / "cache"), image_model="resnet18", pretrained=False,
+                    text_model="bert-base-uncased", text_layers=2, text_width=64, image_size=64, train_images=64,
+                    val_images=16, test_images=16, epochs=2, batch_size=16, train_image_encoder=True,
+                    train_text_encoder=True, image_mean=(0.5,) * 3, image_std=(0.5,) * 3, text_pooling="cls")
+    config = dataclasses.replace(config, seed=3)
+    twin = LocalRuntime(artifact_dir=str(tmp_path / "twin"))
+    loop.train_loop(config, twin)
+
+    class Reclaimed(Exception):
+        pass
+
+    class Preempted(LocalRuntime):
+        def checkpoint_now(self, checkpoint):
+            super().checkpoint_now(checkpoint)
+            raise Reclaimed
+
+    first = Preempted(artifact_dir=str(tmp_path / "run"), checkpoint_dir=str(tmp_path / "ckpt"), notice_at=4 + 2)
+    with pytest.raises(Reclaimed):
+        loop.train_loop(config, first)
+    resumed = LocalRuntime(artifact_dir=str(tmp_path / "run"), checkpoint_dir=str(tmp_path / "ckpt"))
+    loop.train_loop(config, resumed)
+    assert [s["epoch"] for s in resumed.steps] == [2]
+    assert resumed.steps[0]["loss"] == twin.steps[1]["loss"], (resumed.steps, twin.steps)
+    for key in ("t2i_r1", "t2i_r10", "i2t_r10", "selected_epoch"):
+        assert resumed.finals[0][key] == twin.finals[0][key], key

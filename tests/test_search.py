@@ -2,6 +2,7 @@
 run's spec, readable trial names, and ASHA stopping trials early (rows STOPPED, kept on resume)."""
 
 import json
+import shutil
 import time
 
 import pandas as pd
@@ -201,3 +202,16 @@ def test_pbt_exploits_by_copying_the_better_trials_weights(ray_session, data_dir
         assert row["epoch"] == int(donor_epoch) + 1  # training went on from the donor's epoch
         assert row["lr"] != donor["lr"].iloc[0]  # ...with the donor's learning rate perturbed
     assert_every_table_reads_in_duckdb(results)
+    assert_moved_results_report_and_generate(results, tmp_path / "moved")
+
+
+def assert_moved_results_report_and_generate(results, moved):
+    """The folder moved (the original gone, as after `ray rsync-down` and a cleanup): `report` embeds
+    its sample grids and `generate` finds its generator, both from the new place."""
+    shutil.move(results, moved)
+    assert not results.exists()
+    assert main(["report", "--results", str(moved)]) == 0
+    html = (moved / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 2  # the curves and at least one trial's sample grid
+    assert main(["generate", "gan", "--results", str(moved), "--n", "4", "--out", str(moved / "g.png")]) == 0
+    assert (moved / "g.png").stat().st_size > 100

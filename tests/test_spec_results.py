@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.studies import resolve
-from orchestrator.results import FORMAT_VERSION, MARKER, ResultStore, StoreError, report_frame
+from orchestrator.results import FORMAT_VERSION, MARKER, ResultStore, StoreError, read_table, report_frame
 from orchestrator.studies import SpecError
 
 
@@ -66,6 +66,34 @@ def test_store_accumulates_parts_and_ignores_torn_temporaries(tmp_path):
     assert sorted(table["run_id"]) == ["run1", "run2"]
     assert table["y"].isna().sum() == 1  # schemas unified across runs
     assert len(pd.read_parquet(store.table_dir("s", "trials"))) == 2  # plain pandas reads the directory
+
+
+def test_path_columns_are_stored_relative_and_read_under_the_current_root(tmp_path):
+    """A "path" column (schemas.py) is written relative to the results root and read back absolute
+    under wherever the folder now is; a row of an earlier version (absolute, its folder gone) is
+    re-rooted at its study; a path outside the root (e.g. under --storage) stays as it was."""
+    from orchestrator.results import schemas
+
+    old = tmp_path / "old"
+    store = ResultStore(old)
+    store.open_for_writing()
+    schema = schemas.table_schema("trials", {"generator_path": "path", "other": "str"})
+    inside = str(old / "gan" / "artifacts" / "a" / "generator.pt")
+    store.write("gan", "trials", "r1-a", pd.DataFrame({"run_id": ["r1"], "generator_path": [inside], "other": [inside]}),
+                schema)
+    store.write("gan", "trials", "r1-b", pd.DataFrame({"run_id": ["r1"], "generator_path": ["/elsewhere/g.pt"]}), schema)
+    # an earlier version's part: no path metadata, an absolute path on the cluster
+    store.write("gan", "trials", "r0-c", pd.DataFrame(
+        {"run_id": ["r0"], "generator_path": ["/mnt/shared/results/gan/artifacts/c/generator.pt"]}))
+    raw = read_table(store.table_dir("gan", "trials")).set_index("run_id")  # as stored
+    assert raw.loc["r1", "generator_path"].tolist() == ["gan/artifacts/a/generator.pt", "/elsewhere/g.pt"]
+    assert raw.loc["r1", "other"].iloc[0] == inside  # a "str" column is left alone
+    (old / "gan" / "artifacts" / "c").mkdir(parents=True)
+    new = tmp_path / "new"
+    old.rename(new)
+    paths = sorted(ResultStore(new).read("gan", "trials")["generator_path"])
+    assert paths == sorted(["/elsewhere/g.pt", str(new / "gan/artifacts/a/generator.pt"),
+                            str(new / "gan/artifacts/c/generator.pt")])
 
 
 def test_store_refuses_unwritable_and_foreign_directories(tmp_path):

@@ -23,6 +23,7 @@ from workloads.common import atomic_path
 TABLE_KEY = "_table"  # carried inside the metrics dict, so it survives Ray's report plumbing
 REPLAY_KEY = "_replayed"  # marks a checkpointed epoch's row reported again after a restore
 STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
+NO_ROW = "_no_row"  # TABLE_KEY of a report that only carries a checkpoint (a preemption's, mid-epoch)
 
 
 def save_state(state: Mapping[str, Any], directory: str | os.PathLike) -> None:
@@ -111,6 +112,41 @@ def gather_objects(obj) -> list:
     return [obj]
 
 
+class EpochSampler:
+    """This rank's share of a shuffle that is a function of (seed, epoch) alone.
+
+    Global batch k is perm[k*B:(k+1)*B] (B = per_rank * world_size), perm a permutation drawn from
+    (seed, epoch); rank r takes its r-th slice of each. So seeds vary the order under DDP (Ray's
+    DistributedSampler would use seed 0 for every trial), a 1-worker and an N-worker trial of one seed
+    see the same global batches, and a trial resumed mid-epoch (`set_epoch(epoch, start)`) continues
+    the order it had, from batch `start`. drop_last: an incomplete last global batch is dropped;
+    else it is filled from the permutation's start, so every rank has as many batches (DDP needs it)."""
+
+    def __init__(self, n: int, per_rank: int, seed: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True) -> None:
+        self.n, self.per_rank, self.seed, self.rank, self.world_size = n, per_rank, seed, rank, world_size
+        size = per_rank * world_size
+        self.batches = max(1, n // size) if drop_last else -(-n // size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return (self.batches - self.start) * self.per_rank
+
+    def __iter__(self):
+        import numpy as np
+        import torch
+
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        perm = torch.randperm(self.n, generator=generator)
+        size = self.per_rank * self.world_size
+        perm = perm.repeat(-(-self.batches * size // self.n))[: self.batches * size]  # (batches * size,)
+        mine = perm.view(self.batches, self.world_size, self.per_rank)[self.start:, self.rank]  # (left, per_rank)
+        return iter(mine.reshape(-1).tolist())
+
+
 def maybe_fail(fail_at_epoch: int, epoch: int, runtime) -> None:
     """Test hook: rank 0 raises once, in the middle of epoch `fail_at_epoch` (a marker file in the
     artifact dir makes it once), as a crashed worker would; the run must resume from the last checkpoint."""
@@ -141,14 +177,23 @@ class SingleProcess:
     def prepare_loader(self, loader):
         return loader
 
+    def preemption_notice(self) -> bool:
+        """True once when this trial's node is about to be reclaimed (a Ray Train run's drain notice)."""
+        return False
+
+    def checkpoint_now(self, checkpoint) -> None:
+        """Save `checkpoint` (rank 0's; None elsewhere) without a row: a preemption's, mid-epoch."""
+
 
 class LocalRuntime(SingleProcess):
     """Single process, no Ray: keeps every report in memory; checkpoints go to `checkpoint_dir`."""
 
-    def __init__(self, device: str = "cpu", artifact_dir: str | None = None, checkpoint_dir: str | None = None) -> None:
+    def __init__(self, device: str = "cpu", artifact_dir: str | None = None, checkpoint_dir: str | None = None,
+                 notice_at: int = 0) -> None:
         self.device = device
         self.artifact_dir = artifact_dir or tempfile.mkdtemp(prefix="orchestrator-")
         self.checkpoint_dir = checkpoint_dir
+        self.notice_at, self.polls = notice_at, 0  # tests: a preemption notice at the notice_at-th poll
         self.tables: dict[str, list[dict]] = {"steps": [], "trials": []}
 
     @property
@@ -168,3 +213,12 @@ class LocalRuntime(SingleProcess):
 
     def restore(self) -> dict | None:
         return load_state(self.checkpoint_dir) if self.checkpoint_dir else None
+
+    def preemption_notice(self) -> bool:
+        self.polls += 1
+        return self.polls == self.notice_at
+
+    def checkpoint_now(self, checkpoint) -> None:
+        if checkpoint is not None and self.checkpoint_dir:
+            Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            save_state(checkpoint, self.checkpoint_dir)

@@ -20,10 +20,14 @@ from orchestrator import progress as progress_file
 from orchestrator.results.provenance import package_version
 from orchestrator.engine.capacity import worker_resources
 from orchestrator.studies.spec import Scaling
-from workloads.runtime import REPLAY_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state, save_state, table_of
+from workloads.runtime import (NO_ROW, REPLAY_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state, save_state,
+                               table_of)
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
 ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch and state digest (see _TuneRuntime)
+# a drain notice is looked for every this many steps: the query is a collective (~ms); a GAN step on a
+# GPU takes ~5 ms, so ~0.1 s between looks, far inside AWS's two minutes
+PREEMPTION_POLL_STEPS = 20
 
 
 def software(device: str, device_name: str, device_count: int, **extra) -> dict:
@@ -163,6 +167,8 @@ class _TrainRuntime:
         name = torch.cuda.get_device_name(self.device) if kind == "cuda" else (os.uname().machine + " cpu")
         self.sync_bn = sync_bn
         self.software = software(kind, name, self.world_size, cpu_fallback=cpu_fallback, sync_bn=False)
+        self.polls, self.noticed = 0, False  # preemption_notice
+        self.last_row: dict | None = None  # the latest checkpointed epoch row (see checkpoint_now)
 
     def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         import ray
@@ -173,10 +179,39 @@ class _TrainRuntime:
         if checkpoint is None:
             ray.train.report(payload)
             return
+        self.last_row = payload
         with tempfile.TemporaryDirectory() as tmp:  # Train copies it into the run's storage
             save_state(checkpoint, tmp)
             # the epoch's row travels with its checkpoint: see restore()
             (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
+            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def preemption_notice(self) -> bool:
+        """True once per run attempt, when Ray says a node of this worker group is being drained for
+        preemption (a spot notice: clusters/spot_notice.py runs `ray drain-node`). The query is a
+        collective across the group's workers (rank 0's answer broadcast), so it is asked every
+        PREEMPTION_POLL_STEPS calls, which every rank makes in step: they all agree when it fires."""
+        import ray.train
+
+        self.polls += 1
+        if self.noticed or self.polls % PREEMPTION_POLL_STEPS:
+            return False
+        self.noticed = ray.train.get_preemption_info() is not None
+        return self.noticed
+
+    def checkpoint_now(self, checkpoint) -> None:
+        """A checkpoint without a row (every rank calls: a report is a collective). It carries the
+        latest epoch row as its replay (restore()), as that epoch's checkpoint did."""
+        import ray.train
+
+        payload = {TABLE_KEY: NO_ROW}
+        if checkpoint is None:
+            ray.train.report(payload)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(checkpoint, tmp)
+            if self.last_row is not None:
+                (Path(tmp) / REPORT_FILE).write_text(json.dumps(self.last_row, default=float))
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def say(self, line: str, progress: tuple | None = None) -> None:
@@ -223,8 +258,9 @@ class _TrainRuntime:
     def prepare_loader(self, loader):
         import ray.train.torch
 
-        # DistributedSampler, device placement (loops also move batches to runtime.device themselves)
-        return ray.train.torch.prepare_data_loader(loader, move_to_device=not self.cpu_fallback)
+        # device placement only: the loops shard with their own sampler (runtime.EpochSampler, seeded
+        # per trial; Ray's DistributedSampler would shuffle every trial with seed 0)
+        return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=not self.cpu_fallback)
 
 
 def trial_config(params: dict, configs: list) -> tuple[int, Any]:

@@ -26,7 +26,7 @@ from orchestrator import progress as progress_lines
 from orchestrator.engine.actors import root_cause
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.results.store import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, report_frame
-from workloads.runtime import REPLAY_KEY, TABLE_KEY
+from workloads.runtime import NO_ROW, REPLAY_KEY, TABLE_KEY
 
 EPOCH_LINE_EVERY_S = 10.0  # a trial's epoch lines: at most one per this many seconds (and its first, last, sampled)
 TUNE_KEYS = {  # what Tune adds to a result: not ours to store
@@ -45,6 +45,7 @@ class _TrialRows:
     wall_time_s: float = float("nan")
     last_step: dict = dataclasses.field(default_factory=dict)  # the latest per-step metrics (a stopped trial's row)
     said_at: float = 0.0  # when its last epoch line was printed
+    preemption_checkpoints: int = 0  # checkpoints saved on a preemption notice
 
     def frame(self, table: str) -> pd.DataFrame | None:
         frames = [f for f in self.tables.get(table, []) if len(f.columns)]
@@ -73,8 +74,11 @@ class RowSink:
     def result(self, index: int, trial_id: str, result: dict) -> None:
         if self.watcher is not None:
             self.watcher.progress()
-        frame = report_frame({k: v for k, v in result.items() if k not in TUNE_KEYS})
         rows = self.running.setdefault(index, _TrialRows())
+        if result.get(TABLE_KEY) == NO_ROW:  # a checkpoint saved on a preemption notice: no row
+            rows.preemption_checkpoints += 1
+            return
+        frame = report_frame({k: v for k, v in result.items() if k not in TUNE_KEYS})
         rows.wall_time_s = float(result.get("time_total_s", float("nan")))
         step_key = self.plan.workload.step_key
         if result.get(TABLE_KEY, "steps") == "steps" and step_key in frame and len(frame) == 1:

@@ -19,7 +19,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.large_string(), "bool": pa.bool_()}
+TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.large_string(), "bool": pa.bool_(),
+         "path": pa.large_string()}
+# "path": a file under the results root, stored relative to it (ResultStore.write) and read back
+# absolute under wherever the folder now is (ResultStore.read), so a results folder copied off a
+# cluster or moved still reports and generates. The field carries PATH_META in the Parquet schema.
+PATH_META = {b"orchestrator": b"path"}
+LEGACY_PATHS = ("generator_path", "embeddings_path", "grid")  # absolute in rows of earlier versions
 
 IDS = {"run_id": "str", "study": "str", "trial_id": "str", "trial_key": "str", "trial_name": "str",
        "attempt": "str", "code_version": "str", "node_id": "str"}  # every table (engine/plan.py: TrialPlan.ids)
@@ -63,7 +69,13 @@ def table_schema(table: str, reported: dict[str, str], config: Any = None, exclu
 
 
 def _schema(columns: dict[str, str]) -> pa.Schema:
-    return pa.schema([pa.field(name, TYPES[kind]) for name, kind in columns.items()])
+    return pa.schema([pa.field(name, TYPES[kind], metadata=PATH_META if kind == "path" else None)
+                      for name, kind in columns.items()])
+
+
+def path_columns(schemas: list[pa.Schema]) -> set[str]:
+    """Columns holding paths under the results root, in any of a table's part schemas."""
+    return {f.name for schema in schemas for f in schema if (f.metadata or {}).get(b"orchestrator") == b"path"}
 
 
 def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:

@@ -110,6 +110,8 @@ class ResultStore:
         except OSError as exc:
             raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
         frame = _sanitize(frame)
+        if schema is not None:
+            frame = self._relative(frame, schemas.path_columns([schema]))
         arrow = schemas.conform(frame, schema) if schema is not None else pa.Table.from_pandas(frame, preserve_index=False)
         try:
             with atomic_path(path) as tmp:
@@ -163,8 +165,36 @@ class ResultStore:
         return removed
 
     def read(self, study: str, table: str) -> pd.DataFrame:
-        """Every part of a table, schemas unified (a column missing from a part reads as null)."""
-        return read_table(self.table_dir(study, table))
+        """Every part of a table, schemas unified (a column missing from a part reads as null), its
+        path columns absolute under this root, wherever the folder was written."""
+        frame, paths = _read(self.table_dir(study, table))
+        for column in (paths | set(schemas.LEGACY_PATHS)) & set(frame.columns):
+            frame[column] = [self._absolute(study, v) for v in frame[column]]
+        return frame
+
+    def _relative(self, frame: pd.DataFrame, columns: set[str]) -> pd.DataFrame:
+        """Paths under the root, relative to it (a path elsewhere, e.g. under --storage, stays absolute)."""
+        root = os.path.abspath(self.root)
+        out = frame.copy()
+        for column in columns & set(frame.columns):
+            out[column] = [os.path.relpath(v, root) if isinstance(v, str) and os.path.isabs(v)
+                           and os.path.commonpath([root, os.path.abspath(v)]) == root else v for v in frame[column]]
+        return out
+
+    def _absolute(self, study: str, value):
+        """A stored path, absolute: relative ones under this root; an absolute one from an earlier
+        version that no longer exists (the folder was copied or moved), re-rooted at its study's
+        folder: `/mnt/shared/results/gan/artifacts/x/generator.pt` -> `<root>/gan/artifacts/x/generator.pt`."""
+        if not isinstance(value, str) or not value:
+            return value
+        path = Path(value)
+        if not path.is_absolute():
+            return str(self.root.absolute() / path)
+        if path.exists() or study not in path.parts:
+            return value
+        parts = path.parts
+        at = len(parts) - 1 - parts[::-1].index(study)
+        return str(self.root.absolute().joinpath(*parts[at:]))
 
 
 def latest_finished(table: pd.DataFrame, keys, keep_stopped: bool = True) -> pd.DataFrame:
@@ -180,19 +210,25 @@ def latest_finished(table: pd.DataFrame, keys, keep_stopped: bool = True) -> pd.
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """A table (a folder of Parquet parts, or one file) as one frame, the parts' schemas unified (a
-    column missing from a part reads as null). pyarrow.dataset reads the parts in parallel and skips
-    hidden files (a writer's temporaries)."""
-    path = Path(path)
+    column missing from a part reads as null); path columns as stored (relative to the results root)."""
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[pd.DataFrame, set[str]]:
+    """(the table, its path columns). pyarrow.dataset reads the parts in parallel and skips hidden
+    files (a writer's temporaries)."""
     if path.is_file():
-        return pd.read_parquet(path)
+        return pd.read_parquet(path), schemas.path_columns([pq.read_schema(path)])
     if not path.exists():
-        return pd.DataFrame()
+        return pd.DataFrame(), set()
     dataset = ds.dataset(path, format="parquet")
     fragments = list(dataset.get_fragments())
     if not fragments:
-        return pd.DataFrame()
-    schema = pa.unify_schemas([f.physical_schema for f in fragments], promote_options="permissive")
-    return ds.dataset([f.path for f in fragments], schema=schema, format="parquet").to_table().to_pandas()
+        return pd.DataFrame(), set()
+    parts = [f.physical_schema for f in fragments]
+    schema = pa.unify_schemas(parts, promote_options="permissive")
+    frame = ds.dataset([f.path for f in fragments], schema=schema, format="parquet").to_table().to_pandas()
+    return frame, schemas.path_columns(parts)
 
 
 def _sanitize(frame: pd.DataFrame) -> pd.DataFrame:

@@ -23,8 +23,9 @@ class Workload:
     # (metric, mode) a trial reports during training (per `step_key`), for early stopping (--scheduler asha);
     # None: the study reports once per trial and cannot stop trials early
     early_stop: tuple[str, str] | None = None
-    # what the workload reports, per table: {table: {column: int|float|str|bool}} (schemas.py gives every
-    # part of a table these columns, null where absent; the orchestrator adds ids and config fields)
+    # what the workload reports, per table: {table: {column: int|float|str|bool|path}} (schemas.py gives every
+    # part of a table these columns, null where absent; the orchestrator adds ids and config fields;
+    # a "path" is a file the trial wrote under its artifact dir, stored relative to the results root)
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
     pbt: tuple[str, ...] = ()  # float config fields --scheduler pbt perturbs (empty: PBT not offered)
     # a bool column a run's one-line summary counts instead of showing its best `metric` (minimax: how many
@@ -78,7 +79,7 @@ WORKLOADS: dict[str, Workload] = {
         columns={
             "steps": _GAN_STEPS,
             "trials": {**_GAN_STEPS, "train_time_s": "float", "resumed_from_epoch": "int", "epochs_done": "int",
-                       "generator_path": "str", "classifier_accuracy": "float", "classifier_digest": "str",
+                       "generator_path": "path", "classifier_accuracy": "float", "classifier_digest": "str",
                        "world_size": "int", "generator_params": "int", "discriminator_params": "int", "bf16": "bool"},
         },
     ),
@@ -91,8 +92,8 @@ WORKLOADS: dict[str, Workload] = {
             "trials": {**_CLIP_STEPS, **_floats(*_RETRIEVAL), "image_params": "int", "text_params": "int",
                        "head_params": "int", "pair": "str", "train_time_s": "float", "world_size": "int",
                        "resumed_from_epoch": "int", "train_images": "int", "val_images": "int", "test_images": "int",
-                       "selected_epoch": "int", "selected_on": "str", "embeddings_path": "str", "bf16": "bool"},
-            "prompts": {"pair": "str", "prompt": "str", "rank": "int", "image": "str", "score": "float", "grid": "str"},
+                       "selected_epoch": "int", "selected_on": "str", "embeddings_path": "path", "bf16": "bool"},
+            "prompts": {"pair": "str", "prompt": "str", "rank": "int", "image": "str", "score": "float", "grid": "path"},
         },
         # frozen encoders: only the heads train, in seconds on cached features; a TorchTrainer would
         # add ~15 s of start-up per trial (and DDP nothing)

@@ -26,7 +26,7 @@ from workloads.clip.config import Config
 from workloads.clip.metrics import retrieval_metrics
 from workloads.clip.model import CLIP, clip_loss
 from workloads.common import atomic_path, bf16_autocast, uses_bf16
-from workloads.runtime import RankRNG, gather_objects, maybe_fail, unwrap
+from workloads.runtime import EpochSampler, RankRNG, gather_objects, maybe_fail, unwrap
 
 
 def build(config: Config) -> tuple[CLIP, object, tuple, tuple]:
@@ -194,10 +194,12 @@ class _Training:
         else:
             self.pairs = data.Pairs(self.train, split_images(config, self.train), config.seed)
         per_rank = max(1, config.batch_size // runtime.world_size)
+        # the order is a function of (seed, epoch): seeds differ, ranks agree, a resume continues it; the
+        # loader's own generator keeps it from drawing a seed from the global RNG (dropout's) per epoch
+        self.sampler = EpochSampler(len(self.pairs), per_rank, config.seed, runtime.rank, runtime.world_size)
         self.loader = runtime.prepare_loader(DataLoader(
-            self.pairs, batch_size=per_rank, shuffle=True, drop_last=len(self.pairs) > per_rank,
-            generator=torch.Generator().manual_seed(config.seed), collate_fn=None if self.feats else images_mod.collate,
-            pin_memory=torch.device(device).type == "cuda"))
+            self.pairs, batch_size=per_rank, sampler=self.sampler, generator=torch.Generator().manual_seed(config.seed),
+            collate_fn=None if self.feats else images_mod.collate, pin_memory=torch.device(device).type == "cuda"))
         self.opt = optimizer(model, config)
         self.rng = RankRNG(config.seed, runtime.rank, device)  # the heads' dropout masks differ per rank
         self.model = runtime.prepare_model(model)
@@ -206,6 +208,7 @@ class _Training:
         self.autocast = bf16_autocast(device, config.amp)  # the one bf16 policy (common.uses_bf16)
         self.best = {"epoch": 0, "score": float("-inf"), "model": None}  # the epoch validation chose so far
         self.start_epoch, self.state, self.last, self.writer = 1, None, {}, None
+        self.position = None  # (epoch, batches done, loss sum, images) of a checkpoint saved mid-epoch
         self.started = time.perf_counter()
 
     def trainable(self) -> dict:
@@ -220,6 +223,8 @@ class _Training:
             self.opt.load_state_dict(state["optimizer"])
             self.start_epoch = state["epoch"] + 1
             self.best = state.get("best", self.best)
+            self.last = dict(state.get("metrics", {}))
+            self.position = state.get("position")  # saved mid-epoch: that epoch goes on from its next batch
             if len(state.get("rng_by_rank", ())) == self.runtime.world_size:
                 self.rng.load(state["rng_by_rank"][self.runtime.rank])
         if self.runtime.is_rank_zero:  # loss, temperature and val recall per epoch; after a resume, a failed
@@ -231,14 +236,17 @@ class _Training:
     def train_epoch(self, epoch: int) -> dict:
         config, device, model = self.config, self.device, self.model
         self.pairs.epoch = epoch  # a different caption per image each epoch
-        if hasattr(self.loader.sampler, "set_epoch"):
-            self.loader.sampler.set_epoch(epoch)
+        done, total, seen = 0, 0.0, 0  # batches done, loss sum, images: after a mid-epoch resume, so far
+        if self.position is not None and self.position["epoch"] == epoch:
+            done, total, seen = self.position["batch"], self.position["loss_sum"], self.position["seen"]
+        self.position = None
+        self.sampler.set_epoch(epoch, done)
         unwrap(model).train()
         for module in (unwrap(model).image_encoder, unwrap(model).text_encoder):
             if module is not None and not any(p.requires_grad for p in module.parameters()):
                 module.eval()  # a frozen encoder keeps its BatchNorm statistics and no dropout
-        epoch_start, total, seen = time.perf_counter(), 0.0, 0
-        for images, caption_ids in self.loader:
+        epoch_start = time.perf_counter()
+        for i, (images, caption_ids) in enumerate(self.loader, start=done + 1):
             if self.feats:
                 inputs = {"image_features": images.to(device),
                           "text_features": self.feats["train"][1][caption_ids.cpu()].to(device)}
@@ -249,10 +257,22 @@ class _Training:
             total += float(loss.detach()) * len(images)
             seen += len(images)
             maybe_fail(config.fail_at_epoch, epoch, self.runtime)
+            if self.runtime.preemption_notice():  # this node goes soon: keep everything up to this step
+                self.save_position({"epoch": epoch, "batch": i, "loss_sum": total, "seen": seen})
         seconds = time.perf_counter() - epoch_start
         return {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * self.runtime.world_size / seconds,
                 "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - self.started,
                 "temperature": float(unwrap(model).scale().detach())}
+
+    def save_position(self, position: dict) -> None:
+        """A checkpoint in the middle of an epoch (every rank calls): a resume trains that epoch's
+        remaining batches, in the order they had, with the streams they had."""
+        rng_by_rank = gather_objects(self.rng.state())
+        checkpoint = None
+        if self.runtime.is_rank_zero:
+            checkpoint = {"model": self.trainable(), "optimizer": self.opt.state_dict(), "epoch": position["epoch"] - 1,
+                          "rng_by_rank": rng_by_rank, "best": self.best, "metrics": self.last, "position": position}
+        self.runtime.checkpoint_now(checkpoint)
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
         """Rank 0 validates (the test split chooses nothing) and checkpoints; every rank reports."""
@@ -267,7 +287,7 @@ class _Training:
                     self.best = {"epoch": epoch, "score": metrics["val_rsum"], "model": self.trainable(),
                                  "metrics": dict(metrics)}
             checkpoint = {"model": self.trainable(), "optimizer": self.opt.state_dict(), "epoch": epoch,
-                          "rng_by_rank": rng_by_rank, "best": self.best}
+                          "rng_by_rank": rng_by_rank, "best": self.best, "metrics": metrics}
             for tag, key in (("Loss/train", "loss"), ("Temperature", "temperature"), ("Val/t2i_r10", "val_t2i_r10"),
                              ("Val/i2t_r10", "val_i2t_r10"), ("Val/rsum", "val_rsum")):
                 if key in metrics:

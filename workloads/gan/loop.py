@@ -18,7 +18,7 @@ from workloads.common import bf16_autocast, save_grid, uses_bf16
 from workloads.gan import data, quality
 from workloads.gan.config import Config
 from workloads.gan.models import Discriminator, Generator, init_weights
-from workloads.runtime import RankRNG, gather_objects, maybe_fail, reduce_mean, unwrap
+from workloads.runtime import EpochSampler, RankRNG, gather_objects, maybe_fail, reduce_mean, unwrap
 
 FIXED_NOISE = 64  # the 8x8 sample grid
 
@@ -98,9 +98,12 @@ class _Training:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
         images, _ = data.load(config.data_dir, config.cache_dir, train=True, limit=config.train_images)
         per_rank = max(1, config.batch_size // runtime.world_size)  # global batch = batch_size
-        loader = DataLoader(TensorDataset(images), batch_size=per_rank, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(config.seed))
-        self.loader = runtime.prepare_loader(loader)  # under Ray: DistributedSampler + device placement
+        # the order is a function of (seed, epoch): seeds differ, ranks agree, a resume continues it
+        self.sampler = EpochSampler(len(images), per_rank, config.seed, runtime.rank, runtime.world_size)
+        # (its own generator: a DataLoader without one draws a seed from the global RNG per epoch, which
+        # a resume mid-epoch would draw twice)
+        self.loader = runtime.prepare_loader(DataLoader(TensorDataset(images), batch_size=per_rank, sampler=self.sampler,
+                                                        generator=torch.Generator().manual_seed(config.seed)))
         g, d = build_models(config)
         self.rng = RankRNG(config.seed, runtime.rank, self.device)  # from here on each rank draws its own noise, dropout
         self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -112,6 +115,7 @@ class _Training:
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
         self.bce = nn.BCEWithLogitsLoss()
         self.step, self.start_epoch, self.last, self.state = 0, 1, {}, None
+        self.position = None  # (epoch, batches done, sums) of a checkpoint saved mid-epoch (a preemption's)
         self.out_dir, self.writer, self.scorer = Path(runtime.artifact_dir), None, None
         self.say = getattr(runtime, "say", None)
         self.started = time.perf_counter()
@@ -126,10 +130,9 @@ class _Training:
             self.opt_d.load_state_dict(state["opt_d"])
             for group in [*self.opt_g.param_groups, *self.opt_d.param_groups]:  # this config's lr, not the
                 group["lr"] = config.lr  # checkpoint's: under PBT the state may come from another trial
-            if len(state.get("rng_by_rank", ())) == self.runtime.world_size:
-                self.rng.load(state["rng_by_rank"][self.runtime.rank])
             self.start_epoch, self.step = state["epoch"] + 1, state["step"]
             self.last = dict(state.get("metrics", {}))  # a run resumed after its last epoch keeps its final metrics
+            self.position = state.get("position")  # saved mid-epoch: that epoch goes on from its next batch
         self.state = state
         if self.runtime.is_rank_zero:
             from torch.utils.tensorboard import SummaryWriter
@@ -137,20 +140,27 @@ class _Training:
             # after a resume, drop events a failed attempt logged past the checkpoint
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
             self.scorer = quality.Scorer(config.data_dir, config.cache_dir, config.fid_images)
+        # the streams last: building the scorer draws from the global RNG (its classifier's initial
+        # weights), which after the restore would shift every dropout mask of the resumed run
+        if state is not None and len(state.get("rng_by_rank", ())) == self.runtime.world_size:
+            self.rng.load(state["rng_by_rank"][self.runtime.rank])
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the data: (1) update D, (2) update G per batch (gan_step); the epoch's means."""
         config, device, loader = self.config, self.device, self.loader
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
-        epoch_start = said = time.perf_counter()
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
+        done = 0  # batches of this epoch already trained (a resume from a mid-epoch checkpoint)
+        if self.position is not None and self.position["epoch"] == epoch:
+            done, sums = self.position["batch"], self.position["sums"].to(device)
+        self.position = None
+        self.sampler.set_epoch(epoch, done)  # a different shuffle every epoch, the same on every rank
+        epoch_start = said = time.perf_counter()
         pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
-        for i, (real,) in enumerate(loader, start=1):
+        for i, (real,) in enumerate(loader, start=done + 1):
             if self.say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
-                said, done = time.perf_counter(), time.perf_counter() - epoch_start
-                self.say(f"epoch {epoch}/{config.epochs}: step {i}/{len(loader)} (~{done / i * (len(loader) - i):.0f} s "
-                         "left in the epoch)", progress=(f"epoch {epoch} steps", i, len(loader)))
+                said, spent, total = time.perf_counter(), time.perf_counter() - epoch_start, self.sampler.batches
+                self.say(f"epoch {epoch}/{config.epochs}: step {i}/{total} (~{spent / (i - done) * (total - i):.0f} s "
+                         "left in the epoch)", progress=(f"epoch {epoch} steps", i, total))
             real = real.to(device).contiguous(memory_format=self.layout)
             b = real.size(0)
             z = torch.randn(b, config.latent_dim, device=device, generator=self.rng.noise)  # this rank's own noise
@@ -164,14 +174,36 @@ class _Training:
                 pending.append(torch.stack([loss_d.detach(), loss_g.detach()]))
                 if len(pending) >= config.log_every:
                     _flush_losses(self.writer, pending, self.step)
+            if self.runtime.preemption_notice():  # this node goes soon: keep everything up to this step
+                if self.writer is not None:
+                    _flush_losses(self.writer, pending, self.step)
+                self.save_position(epoch, i, sums)
         if self.writer is not None:
             _flush_losses(self.writer, pending, self.step)
         totals = reduce_mean(sums) * self.runtime.world_size  # sums over every rank
-        seconds, n = time.perf_counter() - epoch_start, float(totals[4])
+        seconds, n = time.perf_counter() - epoch_start, float(totals[4])  # (a resumed epoch: its last part's seconds)
         return {"epoch": epoch, "loss_d": float(totals[0] / n), "loss_g": float(totals[1] / n),
                 "d_x": float(totals[2] / n), "d_g_z": float(totals[3] / n), "images_per_s": n / seconds,
                 "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - self.started,
                 "lr": config.lr}  # constant, except under PBT, which perturbs it between epochs
+
+    def state_dict(self, epoch: int, rng_by_rank: list, metrics: dict) -> dict:
+        """Rank 0's checkpoint after `epoch` epochs: weights, optimisers, every rank's streams."""
+        return {"generator": unwrap(self.g).state_dict(), "discriminator": unwrap(self.d).state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "epoch": epoch, "step": self.step, "rng_by_rank": rng_by_rank, "metrics": metrics}
+
+    def save_position(self, epoch: int, batch: int, sums: torch.Tensor) -> None:
+        """A checkpoint in the middle of `epoch`, after `batch` batches (every rank calls): a resume
+        trains that epoch's remaining batches, in the order they had, with the streams they had."""
+        rng_by_rank = gather_objects(self.rng.state())
+        checkpoint = None
+        if self.runtime.is_rank_zero:
+            if self.writer is not None:
+                self.writer.flush()
+            checkpoint = self.state_dict(epoch - 1, rng_by_rank, self.last)
+            checkpoint["position"] = {"epoch": epoch, "batch": batch, "sums": sums.detach().cpu()}
+        self.runtime.checkpoint_now(checkpoint)
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
         """Rank 0 samples and scores at the sample epochs; every rank reports, rank 0 with a checkpoint."""
@@ -185,11 +217,7 @@ class _Training:
                                                         self.device)))
                 self.writer.add_scalar("Quality/FID", metrics["fid"], self.step)
             self.writer.flush()
-            checkpoint = {
-                "generator": unwrap(self.g).state_dict(), "discriminator": unwrap(self.d).state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "epoch": epoch, "step": self.step, "rng_by_rank": rng_by_rank, "metrics": metrics,
-            }
+            checkpoint = self.state_dict(epoch, rng_by_rank, metrics)
         self.runtime.report(metrics, checkpoint=checkpoint)
         self.last = metrics
 
@@ -216,7 +244,7 @@ def train_loop(config: Config, runtime) -> None:
     run.restore()
     if run.say and run.start_epoch <= config.epochs:  # workers up, data loaded: say so before the first step line
         run.say(f"training on {runtime.world_size} worker{'s' * (runtime.world_size > 1)} ({run.device}): epochs "
-                f"{run.start_epoch}-{config.epochs}, {len(run.loader)} steps of {config.batch_size} images each"
+                f"{run.start_epoch}-{config.epochs}, {run.sampler.batches} steps of {config.batch_size} images each"
                 f"{f' (resumed after epoch {run.start_epoch - 1})' if run.state is not None else ''}")
     for epoch in range(run.start_epoch, config.epochs + 1):
         run.end_epoch(epoch, run.train_epoch(epoch))
