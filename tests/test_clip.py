@@ -324,3 +324,16 @@ def test_a_preemption_checkpoint_mid_epoch_resumes_to_the_uninterrupted_numbers(
     assert resumed.steps[0]["loss"] == twin.steps[1]["loss"], (resumed.steps, twin.steps)
     for key in ("t2i_r1", "t2i_r10", "i2t_r10", "selected_epoch"):
         assert resumed.finals[0][key] == twin.finals[0][key], key
+
+
+def test_a_transformers_that_cannot_use_this_torch_fails_preflight_in_one_line(monkeypatch, tmp_path, capsys):
+    """transformers 5 turns torch < 2.6 off (is_torch_available() False; every model class then fails):
+    preflight builds the text model on the meta device before Ray starts, and stops there in one line."""
+    from transformers.utils import import_utils
+
+    encoders.check_text_model("bert-base-uncased", layers=2, width=64)  # builds here, on the meta device
+    monkeypatch.setattr(import_utils, "is_torch_available", lambda: False)
+    assert main(["run", "clip", "--results", str(tmp_path), *TINY, "--no-dashboard"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot use torch {torch.__version__} (needs torch>=" in err, err
+    assert "cluster-requirements.txt" in err

@@ -40,6 +40,23 @@ def test_shipped_cluster_config_sizes_the_paper_gan(monkeypatch):
     assert max_worker_slots(types, max_workers, {"CPU": 4, "GPU": 1}) // 2 == 7  # 2-worker GPU trials at once
 
 
+def test_ddp_trials_are_strictly_packed_where_one_node_type_holds_them(monkeypatch):
+    """The shipped cluster's paper CLIP (2 workers x {1 GPU, 4 CPU}) fits one g5.12xlarge: STRICT_PACK,
+    so the autoscaler starts that node instead of two single-GPU spot nodes; 8 such workers fit no
+    node type: PACK; one worker, or no autoscaling config: PACK."""
+    from pathlib import Path
+
+    from orchestrator.studies.spec import Scaling
+
+    monkeypatch.setenv(capacity.CONFIG_ENV, str(Path(__file__).resolve().parents[1] / "cluster.yaml"))
+    paper = Scaling(num_workers=2, use_gpu=True, cpus_per_worker=4)
+    assert capacity.placement_strategy(paper, joined=True) == "STRICT_PACK"
+    assert capacity.placement_strategy(Scaling(num_workers=8, use_gpu=True, cpus_per_worker=4), joined=True) == "PACK"
+    assert capacity.placement_strategy(Scaling(num_workers=1, use_gpu=True), joined=True) == "PACK"
+    monkeypatch.delenv(capacity.CONFIG_ENV)
+    assert capacity.placement_strategy(paper, joined=False) == "PACK"
+
+
 def test_single_process_trials_ask_for_what_no_gpu_node_has(ray_session, monkeypatch):  # a local Ray: its CPUs
     """minimax on cluster.yaml: its trials ask for `cpu_node`, which only the head and the CPU type
     declare, so the autoscaler can never meet them with a GPU node; at once: what those hold."""

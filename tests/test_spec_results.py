@@ -140,3 +140,21 @@ def test_fractional_gpus_pack_single_worker_trials_and_refuse_ddp(capsys):
     assert main(["run", "gan", "--set", "use_gpu=true", "--set", "gpus_per_worker=0.5", "--set", "num_workers=2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NCCL" in err and "num_workers=1" in err
+
+
+def test_cost_lines_add_hours_and_price_them_per_node_type():
+    from orchestrator.reports.cost import cost_lines
+
+    trials = pd.DataFrame({
+        "attempt": ["a", "b", "c"], "trial_key": ["a", "b", "c"], "trial_name": ["gan-lr=1", "gan-lr=2", "gan-lr=2"],
+        "node_types": ["gpu.spot.1x", "gpu.spot.1x,gpu.ondemand.4x", ""],
+        "gpu_seconds": [3600.0, 7200.0, 0.0], "cpu_seconds": [4 * 3600.0, 8 * 3600.0, 1800.0],
+        "preemptions": [3, 0, 0], "restarts": [3, 1, 0]})
+    (line, *_) = cost_lines(trials, None)
+    assert line.startswith("cost: 3 GPU-hours, 12.5 CPU-hours, 3 preemptions and 4 restarts survived (no prices")
+    prices = {"gpu.spot.1x": {"GPU": 0.5}, "gpu.ondemand.4x": {"GPU": 1.5}, "default": {"CPU": 0.1}}
+    lines = cost_lines(trials, prices)
+    # a: 1 h x 0.5; b: 2 h x mean(0.5, 1.5) = 2; c: 0.5 CPU-h at the default 0.1
+    assert "3 GPU-hours, 12.5 CPU-hours, 2.55," in lines[0]
+    assert lines[1] == "  gan-lr=1: 1 GPU-hours, 4 CPU-hours, 0.50" and lines[2].startswith("  gan-lr=2: 2 GPU-hours, 8.5 CPU-hours, 2.05")
+    assert cost_lines(trials.drop(columns=["cpu_seconds"]), None)[0].startswith("cost: not recorded")

@@ -23,6 +23,7 @@ from workloads.common import atomic_path
 TABLE_KEY = "_table"  # carried inside the metrics dict, so it survives Ray's report plumbing
 REPLAY_KEY = "_replayed"  # marks a checkpointed epoch's row reported again after a restore
 STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
+RESUMED_KEY = "_resumed"  # a Train run's first report after a restore: "preemption" or "failure"
 NO_ROW = "_no_row"  # TABLE_KEY of a report that only carries a checkpoint (a preemption's, mid-epoch)
 
 

@@ -51,7 +51,7 @@ def validate_cluster(path: str | os.PathLike) -> dict:
     return raw
 
 
-PINS = "cluster-constraints.txt"  # what the nodes install torch from (pinned to the AMI's driver)
+LOCK = "cluster-requirements.txt"  # every package pinned and hashed, torch built for the AMI's driver (docs/clusters.md)
 
 
 def _project_rules(path: Path, raw: dict) -> None:
@@ -77,9 +77,10 @@ def _project_rules(path: Path, raw: dict) -> None:
                         "`ray start --head` enables auth only when a token exists")
     if types and not any(str(p).endswith(".ray/auth_token") for p in raw.get("cluster_synced_files") or []):
         raise SpecError(f"{path}: cluster_synced_files must carry the head's ~/.ray/auth_token to the workers")
-    installs = [c for c in raw.get("setup_commands") or [] if "pip install" in c and ".[aws]" in c]
-    if installs and not all(f"-c {PINS}" in c for c in installs):
-        raise SpecError(f"{path}: setup_commands install the project without `-c {PINS}` (torch pinned to the AMI's driver)")
+    installs = [c for c in raw.get("setup_commands") or [] if "pip install" in c and " -e " in c]  # the project's
+    if installs and not all(f"-r {LOCK}" in c and "--no-deps" in c for c in installs):
+        raise SpecError(f"{path}: setup_commands must install exactly the lock (`pip install -r {LOCK}`), then the "
+                        "project with `--no-deps` (nothing else resolved)")
     if any((t.get("resources") or {}).get("GPU") for t in types.values()) and not any(
             "cuda.is_available" in c for c in raw.get("setup_commands") or []):
         raise SpecError(f"{path}: setup_commands need a check that torch can use a GPU node's GPU (fail setup loudly)")

@@ -20,10 +20,11 @@ from orchestrator import progress as progress_file
 from orchestrator.results.provenance import package_version
 from orchestrator.engine.capacity import worker_resources
 from orchestrator.studies.spec import Scaling
-from workloads.runtime import (NO_ROW, REPLAY_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state, save_state,
-                               table_of)
+from workloads.runtime import (NO_ROW, REPLAY_KEY, RESUMED_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state,
+                               save_state, table_of)
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
+NOTICED_FILE = "preemption_notice"  # in a checkpoint saved after a preemption notice (see _mark_noticed)
 ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch and state digest (see _TuneRuntime)
 # a drain notice is looked for every this many steps: the query is a collective (~ms); a GAN step on a
 # GPU takes ~5 ms, so ~0.1 s between looks, far inside AWS's two minutes
@@ -83,8 +84,7 @@ class _TuneRuntime(SingleProcess):
         import ray
         from ray import tune
 
-        node = ray.get_runtime_context().get_node_id()  # which node ran it (a column of every row)
-        payload = {**metrics, **(self.software if final else {}), "node_id": node, TABLE_KEY: table_of(final, table)}
+        payload = {**metrics, **(self.software if final else {}), **where(), TABLE_KEY: table_of(final, table)}
         if checkpoint is None or not self.checkpoints:
             tune.report(payload)
             return
@@ -122,6 +122,17 @@ class _TuneRuntime(SingleProcess):
                 self.restored = {"restored_from": f"{origin.get('trial_name')}@epoch {origin.get('epoch')}",
                                  "restored_digest": _digest(Path(directory))}
         return state
+
+
+def where() -> dict[str, str]:
+    """Which node ran a report (columns of every row): its id, and its node type where the node was
+    started for one (the autoscaler sets RAY_NODE_TYPE_NAME, which Ray turns into this label)."""
+    import ray
+    from ray._raylet import RAY_NODE_GROUP_KEY
+
+    context = ray.get_runtime_context()
+    group = context.get_node_labels().get(RAY_NODE_GROUP_KEY, "")
+    return {"node_id": context.get_node_id(), "node_type": group[0] if isinstance(group, list) and group else group or ""}
 
 
 def _digest(directory: Path) -> str:
@@ -174,8 +185,7 @@ class _TrainRuntime:
         import ray
         import ray.train
 
-        payload = {**metrics, **(self.software if final else {}), "node_id": ray.get_runtime_context().get_node_id(),
-                   TABLE_KEY: table_of(final, table)}
+        payload = {**metrics, **(self.software if final else {}), **where(), TABLE_KEY: table_of(final, table)}
         if checkpoint is None:
             ray.train.report(payload)
             return
@@ -184,6 +194,7 @@ class _TrainRuntime:
             save_state(checkpoint, tmp)
             # the epoch's row travels with its checkpoint: see restore()
             (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
+            self._mark_noticed(tmp)
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def preemption_notice(self) -> bool:
@@ -199,6 +210,12 @@ class _TrainRuntime:
         self.noticed = ray.train.get_preemption_info() is not None
         return self.noticed
 
+    def _mark_noticed(self, directory: str) -> None:
+        """Checkpoints saved after a notice say so: a resume from one (the notice's own, or an epoch's
+        that ended before the node went) was a preemption's, not a failure's."""
+        if self.noticed:
+            (Path(directory) / NOTICED_FILE).touch()
+
     def checkpoint_now(self, checkpoint) -> None:
         """A checkpoint without a row (every rank calls: a report is a collective). It carries the
         latest epoch row as its replay (restore()), as that epoch's checkpoint did."""
@@ -212,6 +229,7 @@ class _TrainRuntime:
             save_state(checkpoint, tmp)
             if self.last_row is not None:
                 (Path(tmp) / REPORT_FILE).write_text(json.dumps(self.last_row, default=float))
+            self._mark_noticed(tmp)
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def say(self, line: str, progress: tuple | None = None) -> None:
@@ -235,12 +253,17 @@ class _TrainRuntime:
             state = load_state(directory)
             replay = Path(directory) / REPORT_FILE
             payload = json.loads(replay.read_text()) if replay.exists() else None
+            noticed = (Path(directory) / NOTICED_FILE).exists()
+        # the driver counts resumes, and those from a preemption's checkpoint (mid-epoch: `position`)
+        resumed = {RESUMED_KEY: "preemption" if noticed else "failure"}
         if payload is not None:
             # Train registers a checkpoint before the driver writes that epoch's row: a driver killed
             # in between would lose the row for good, since the resumed run starts after this epoch.
             # So every rank reports it again (a collective; rank 0's is kept); the driver writes it
             # only where that epoch's file is missing.
-            ray.train.report({**payload, REPLAY_KEY: True})
+            ray.train.report({**payload, REPLAY_KEY: True, **resumed})
+        else:
+            ray.train.report({TABLE_KEY: NO_ROW, **resumed})
         return state
 
     def prepare_model(self, model):
@@ -358,7 +381,7 @@ def _trainer_class():
 
 
 def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: list, names: list,
-                  scaling: Scaling, storage: str, allow_cpu_fallback: bool = False) -> None:
+                  scaling: Scaling, storage: str, allow_cpu_fallback: bool = False, placement: str = "PACK") -> None:
     """A Tune trial that builds and fits one TorchTrainer (the Train V2 pattern)."""
     # Read where the TorchTrainer is built (this process): the dashboard's Train view, and a worker
     # group that waits for nodes as long as max_wait_s instead of giving up and retrying every 60 s
@@ -381,11 +404,15 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
             resources_per_worker=worker_resources(scaling),
+            placement_strategy=placement,  # capacity.placement_strategy: one node where a node type holds them all
         ),
         run_config=ray.train.RunConfig(
             name=names[index],
             storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            # a preemption (a worker's node drained with reason PREEMPTION: clusters/spot_notice.py) is
+            # not a failure: its own budget, unlimited by default; max_failures stays for real errors
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures,
+                                                   max_preemption_failures=scaling.max_preemptions),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],  # worker reports -> this Tune trial's results
         ),

@@ -144,3 +144,18 @@ def _machine_too_small(scaling: Scaling, what: str) -> BackendError:
     resources = __import__("ray").cluster_resources()
     return BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
                         f"{resources.get('GPU', 0):g} GPU: {what}, or join a cluster with --address")
+
+
+def placement_strategy(scaling: Scaling, joined: bool) -> str:
+    """Train's placement of one trial's workers: STRICT_PACK (all on one node) where a node type of
+    this cluster can hold them all, so the autoscaler starts one multi-GPU node for a DDP trial
+    instead of satisfying it with several single-GPU ones (DDP over the network, more spot nodes to
+    lose); else PACK (as few nodes as fit). One worker, or node types unknown: PACK."""
+    if scaling.num_workers == 1:
+        return "PACK"
+    known = cluster_node_types(joined)
+    if known is None:
+        return "PACK"
+    need = worker_resources(scaling)
+    fits = any(worker_slots(t.resources, need) >= scaling.num_workers for t in known[0] if t.max_workers > 0)
+    return "STRICT_PACK" if fits else "PACK"

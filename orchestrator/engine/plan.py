@@ -66,6 +66,13 @@ class TrialPlan:
         """Names this run of the study: its Tune experiment, its progress bar."""
         return f"{self.study}-{self.run_id}"
 
+    def held(self) -> tuple[float, float]:
+        """(CPUs, GPUs) one trial holds while it runs: every Train worker's share (the driver holds
+        none), or the single process's."""
+        scaling = self.exp.scaling
+        workers = scaling.num_workers if self.distributed else 1
+        return workers * scaling.cpus_per_worker, workers * scaling.gpus_per_worker * scaling.use_gpu
+
     @property
     def pbt(self) -> bool:
         return self.exp.scheduler == "pbt"

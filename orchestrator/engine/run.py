@@ -108,6 +108,11 @@ def _tuner(plan: TrialPlan, sink, trainable, concurrent: int | None, store: Resu
             storage_path=plan.storage,
             callbacks=[SinkCallback(sink), *callbacks],
             stop=StopOnFailure(sink),
+            # single-process trials (minimax, frozen CLIP, PBT) retried when their process or node dies,
+            # from their Tune checkpoint where they have one (PBT); the sink drops what the failed attempt
+            # reported (SinkCallback.on_trial_recover), so no row lands twice. A Train trial retries
+            # inside Train (actors.train_driver): a retry here would reset its failure budget.
+            failure_config=tune.FailureConfig(max_failures=0 if plan.distributed else plan.exp.scaling.max_failures),
             verbose=0,
         ),
     )

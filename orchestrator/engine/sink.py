@@ -26,14 +26,14 @@ from orchestrator import progress as progress_lines
 from orchestrator.engine.actors import root_cause
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.results.store import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, report_frame
-from workloads.runtime import NO_ROW, REPLAY_KEY, TABLE_KEY
+from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_KEY, TABLE_KEY
 
 EPOCH_LINE_EVERY_S = 10.0  # a trial's epoch lines: at most one per this many seconds (and its first, last, sampled)
 TUNE_KEYS = {  # what Tune adds to a result: not ours to store
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "time_since_restore",
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
-    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY, REPLAY_KEY,
+    "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY, REPLAY_KEY, RESUMED_KEY,
 }
 
 
@@ -45,7 +45,10 @@ class _TrialRows:
     wall_time_s: float = float("nan")
     last_step: dict = dataclasses.field(default_factory=dict)  # the latest per-step metrics (a stopped trial's row)
     said_at: float = 0.0  # when its last epoch line was printed
-    preemption_checkpoints: int = 0  # checkpoints saved on a preemption notice
+    preemptions: int = 0  # Train runs: resumes from a checkpoint saved on a preemption notice
+    failures: int = 0  # single-process trials: attempts Tune retried
+    restarts: int = 0  # Train runs: restores from a checkpoint (their replayed rows)
+    node_types: set = dataclasses.field(default_factory=set)  # node types its reports came from
 
     def frame(self, table: str) -> pd.DataFrame | None:
         frames = [f for f in self.tables.get(table, []) if len(f.columns)]
@@ -75,8 +78,12 @@ class RowSink:
         if self.watcher is not None:
             self.watcher.progress()
         rows = self.running.setdefault(index, _TrialRows())
-        if result.get(TABLE_KEY) == NO_ROW:  # a checkpoint saved on a preemption notice: no row
-            rows.preemption_checkpoints += 1
+        if result.get("node_type"):
+            rows.node_types.add(result["node_type"])
+        if result.get(RESUMED_KEY):  # a Train run restored from a checkpoint (actors._TrainRuntime.restore)
+            rows.restarts += 1
+            rows.preemptions += result[RESUMED_KEY] == "preemption"
+        if result.get(TABLE_KEY) == NO_ROW:  # a checkpoint saved on a preemption notice, a resume: no row
             return
         frame = report_frame({k: v for k, v in result.items() if k not in TUNE_KEYS})
         rows.wall_time_s = float(result.get("time_total_s", float("nan")))
@@ -85,6 +92,15 @@ class RowSink:
             self._step(index, trial_id, frame, int(frame[step_key].iloc[0]), bool(result.get(REPLAY_KEY)))
         else:
             rows.tables.setdefault(result.get(TABLE_KEY, "steps"), []).append(frame)
+
+    def recovered(self, index: int, trial_id: str) -> None:
+        """A failed single-process trial that Tune runs again: what it reported goes (its steps were
+        written per step, and will be written again over themselves), the failure is counted."""
+        rows = self.running.setdefault(index, _TrialRows())
+        rows.tables.clear()
+        rows.failures += 1
+        self.say(f"[{self.plan.study}] {self.plan.names[index]}: failed, retried ({trial_id}, retry {rows.failures} of "
+                 f"{self.plan.exp.scaling.max_failures})")
 
     def _step(self, index: int, trial_id: str, frame: pd.DataFrame, step: int, replayed: bool) -> None:
         """One part per (trial, step): a step reported again (a retried epoch) replaces its part; a
@@ -131,7 +147,11 @@ class RowSink:
         for column, value in plan.config_columns(index).items():
             if column not in trial.columns:
                 trial[column] = value
-        trial = trial.assign(**plan.ids(index, trial_id), status=status, error=error, wall_time_s=rows.wall_time_s)
+        cpus, gpus = plan.held()
+        trial = trial.assign(**plan.ids(index, trial_id), status=status, error=error, wall_time_s=rows.wall_time_s,
+                             node_types=",".join(sorted(rows.node_types)), preemptions=rows.preemptions,
+                             restarts=rows.restarts + rows.failures, cpu_seconds=rows.wall_time_s * cpus,
+                             gpu_seconds=rows.wall_time_s * gpus)
         self.store.write(plan.study, "trials", plan.attempts[index], trial, plan.schema("trials"))
         self.written.append(trial)
         bar = progress_lines.for_run(plan.run_key)
@@ -186,6 +206,9 @@ class SinkCallback(_Inert, tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._guard(self.sink.ended, trial, FINISHED, None)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._guard(self.sink.recovered, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._guard(self.sink.ended, trial, "ERROR", trial_error(trial))

@@ -29,7 +29,8 @@ def build(plan: TrialPlan, joined: bool, say: Callable[[str], None]) -> tuple[ob
                   allow_cpu_fallback=fallback)
     if plan.distributed:
         driver = tune.with_parameters(actors.train_driver, **common, scaling=scaling, storage=plan.storage,
-                                      names=train_run_names(plan.storage, plan.names, plan.attempts, say))
+                                      names=train_run_names(plan.storage, plan.names, plan.attempts, say),
+                                      placement=capacity.placement_strategy(scaling, joined))
         # the driver only waits on its TorchTrainer's workers: no CPU
         return tune.with_resources(driver, {"cpu": 0, DRIVER_RESOURCE: 1}), capacity.max_concurrent(scaling, joined, say)
     need, fits = capacity.single_process_resources(scaling, joined)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.reports import cost
 from orchestrator.results.store import STOPPED, ResultStore, StoreError
 
 
@@ -24,6 +25,7 @@ def study_report(study: str, store: ResultStore, run_id: str | None = None) -> t
     out_dir = store.root / study / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     text, images = REPORTS[study](store, trials, out_dir)
+    text += "\n" + "\n".join(cost.cost_lines(trials, cost.load_prices(store.root / cost.PRICES_FILE)))
     runs = sorted(trials["run_id"].unique())
     where = (f"run {run_id}" if run_id else
              f"current results: {trials['trial_key'].nunique()} trials from run{'s' if len(runs) > 1 else ''} "

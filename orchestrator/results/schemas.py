@@ -28,10 +28,14 @@ PATH_META = {b"orchestrator": b"path"}
 LEGACY_PATHS = ("generator_path", "embeddings_path", "grid")  # absolute in rows of earlier versions
 
 IDS = {"run_id": "str", "study": "str", "trial_id": "str", "trial_key": "str", "trial_name": "str",
-       "attempt": "str", "code_version": "str", "node_id": "str"}  # every table (engine/plan.py: TrialPlan.ids)
+       "attempt": "str", "code_version": "str", "node_id": "str", "node_type": "str"}  # every table
+# (engine/plan.py: TrialPlan.ids; node_id and node_type: engine/actors.py, where)
 WORKER = {"ray_version": "str", "torch_version": "str", "device": "str", "device_name": "str",
           "device_count": "int", "sync_bn": "bool", "cpu_fallback": "bool"}  # engine/actors.py: what ran the trial
-TRIAL = {"status": "str", "error": "str", "wall_time_s": "float"}  # engine/sink.py: how the trial ended
+TRIAL = {"status": "str", "error": "str", "wall_time_s": "float",  # engine/sink.py: how the trial ended
+         # ...and what it cost: the node types it ran on, the preemption notices it checkpointed on, the
+         # times it resumed (any cause), and what it held: wall time x the CPUs / GPUs it asked for
+         "node_types": "str", "preemptions": "int", "restarts": "int", "cpu_seconds": "float", "gpu_seconds": "float"}
 CHECKPOINTED = {"checkpoint_digest": "str", "restored_from": "str", "restored_digest": "str"}  # steps: Tune
 # checkpoints of single-process trials (PBT): the state's digest, and what a restore (an exploit) loaded
 RUNS = {"run_id": "str", "study": "str", "profile": "str", "trial_index": "int", "trial_key": "str",

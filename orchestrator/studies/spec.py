@@ -53,7 +53,8 @@ class Scaling:
     gpus_per_worker: float = 1.0  # with use_gpu: a fraction (e.g. 0.25) packs single-worker trials onto one GPU
     cpus_per_worker: float = 1.0  # CPUs reserved per worker (or per trial, for single-process studies)
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs/GPUs hold at once
-    max_failures: int = 2  # Train runs: restarts from the last checkpoint after a worker failure
+    max_failures: int = 2  # restarts after a real failure (Train: from the last checkpoint; single-process: Tune's retry)
+    max_preemptions: int = -1  # Train runs: restarts after a node drained for preemption (a spot reclaim); -1: no limit
     sync_bn: bool = True  # multi-GPU DDP: BatchNorm -> SyncBatchNorm (CUDA only; CPU DDP keeps per-rank statistics)
     max_wait_s: float = 1800.0  # a trial waiting this long for nodes ends the run with the autoscaler's reason (0: wait forever)
 
@@ -70,6 +71,8 @@ class Scaling:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= -1 (-1: retry forever), got {self.max_failures}")
+        if self.max_preemptions < -1:
+            raise ValueError(f"max_preemptions must be >= -1 (-1: no limit), got {self.max_preemptions}")
         if self.max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0 (0: wait forever), got {self.max_wait_s}")
         if self.max_concurrent_trials < 0:

@@ -166,19 +166,20 @@ def _offline_config(name: str):
     return known[name]()
 
 
-def build_text_encoder(name: str, pretrained: bool, layers: int = 0, width: int = 0) -> nn.Module:
-    """A transformers model; `layers`/`width` > 0 build a small random-init variant of its config."""
-    from transformers import AutoConfig, AutoModel
+def _text_config(name: str, layers: int = 0, width: int = 0, hub: bool = True):
+    """The text model's configuration, `layers`/`width` > 0 making a small variant of it; None where
+    only the hub has it and `hub` is False."""
+    from transformers import AutoConfig
 
     path = _text_path(name)
-    if pretrained and not (layers or width):
-        return _drop_pooler(AutoModel.from_pretrained(path))
     try:  # a local path or the Hugging Face cache; then transformers' defaults; only then the hub
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except OSError:
         try:
             config = _offline_config(name)
         except OSError:
+            if not hub:
+                return None
             config = AutoConfig.from_pretrained(path)
     if layers:
         config.num_hidden_layers = layers
@@ -186,7 +187,43 @@ def build_text_encoder(name: str, pretrained: bool, layers: int = 0, width: int 
         heads = max(1, width // 64)
         config.hidden_size, config.num_attention_heads = width, heads
         config.intermediate_size = config.hidden_dim = 4 * width  # BERT/RoBERTa, DistilBERT names
-    return _drop_pooler(AutoModel.from_config(config))
+    return config
+
+
+def build_text_encoder(name: str, pretrained: bool, layers: int = 0, width: int = 0) -> nn.Module:
+    """A transformers model; `layers`/`width` > 0 build a small random-init variant of its config."""
+    from transformers import AutoModel
+
+    if pretrained and not (layers or width):
+        return _drop_pooler(AutoModel.from_pretrained(_text_path(name)))
+    return _drop_pooler(AutoModel.from_config(_text_config(name, layers, width)))
+
+
+def check_text_model(name: str, layers: int = 0, width: int = 0) -> None:
+    """Preflight: transformers can use this torch, and the text model's class builds from its
+    configuration on the meta device (no memory, no weights), so that a library that cannot run fails
+    before Ray starts, in one line. Offline only: a configuration only the hub has is left to the trial."""
+    import transformers
+    from transformers import AutoModel
+    from transformers.dependency_versions_table import deps
+    from transformers.utils import import_utils
+
+    versions = f"transformers {transformers.__version__} with torch {torch.__version__}"
+    fix = "install the versions in cluster-requirements.txt (pip install -r cluster-requirements.txt)"
+    if not import_utils.is_torch_available():  # e.g. transformers 5 turns torch < 2.6 off
+        needs = deps.get("torch", "another torch")
+        raise ImportError(f"transformers {transformers.__version__} cannot use torch {torch.__version__} "
+                          f"(needs {needs}): {fix}")
+    if name in PKG_TEXT_SPLIT and not (cache_root() / "pkg" / PKG_TEXT_SPLIT[name][0] / "config.json").exists():
+        return  # joined from its packages (~420 MB) by the first trial, not in a quick preflight
+    config = _text_config(name, layers, width, hub=False)
+    if config is None:
+        return
+    try:
+        with torch.device("meta"):
+            AutoModel.from_config(config)
+    except ImportError as exc:  # transformers' messages run over several lines
+        raise ImportError(f"{name}: {str(exc).strip().splitlines()[0]} ({versions}): {fix}") from None
 
 
 def _drop_pooler(model: nn.Module) -> nn.Module:

@@ -383,8 +383,9 @@ def write_prompts(model, tokenizer, config: Config, test, image_emb: torch.Tenso
 
 
 def preflight(config: Config, say=None) -> None:
-    """Before Ray starts: the data is readable and the encoders and tokenizer can be built offline
-    (quick: nothing to say)."""
+    """Before Ray starts: transformers can build the text model here (on the meta device), the data
+    is readable and the encoders and tokenizer can be built offline (quick: nothing to say)."""
+    encoders.check_text_model(config.text_model, config.text_layers, config.text_width)
     data.load_splits(config)
     encoders.check_available(config.image_model, config.text_model, config.pretrained)
     encoders.build_tokenizer(config.text_model, config.tokenizer)

@@ -239,13 +239,19 @@ class _Training:
         return final
 
 
+def _resumed(run: _Training) -> str:
+    if run.position is not None:
+        return f" (resumed in epoch {run.position['epoch']} after step {run.position['batch']}: a preemption's checkpoint)"
+    return f" (resumed after epoch {run.start_epoch - 1})" if run.state is not None else ""
+
+
 def train_loop(config: Config, runtime) -> None:
     run = _Training(config, runtime)
     run.restore()
     if run.say and run.start_epoch <= config.epochs:  # workers up, data loaded: say so before the first step line
         run.say(f"training on {runtime.world_size} worker{'s' * (runtime.world_size > 1)} ({run.device}): epochs "
                 f"{run.start_epoch}-{config.epochs}, {run.sampler.batches} steps of {config.batch_size} images each"
-                f"{f' (resumed after epoch {run.start_epoch - 1})' if run.state is not None else ''}")
+                f"{_resumed(run)}")
     for epoch in range(run.start_epoch, config.epochs + 1):
         run.end_epoch(epoch, run.train_epoch(epoch))
     if runtime.is_rank_zero:

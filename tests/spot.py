@@ -1,0 +1,175 @@
+"""Spot reclaims on the local autoscaling cluster (tests/fake_cluster.py, autoscaler v2), as AWS
+makes them: a notice (`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`, what
+orchestrator/clusters/spot_notice.py runs on a real node), then the node's processes killed; or a
+kill with no notice. Used by tests/test_spot.py and bench/bench_spot.py.
+
+A fake node is a raylet on this machine started by the autoscaler; "killing the node" SIGKILLs that
+raylet (found by its --node_id) and its descendants (the node's workers): only processes of the
+fake cluster this harness drives, never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.fake_cluster import ROOT, FakeCluster
+
+PREEMPTION = "DRAIN_NODE_REASON_PREEMPTION"
+
+
+def node_processes(node_id: str) -> list[int]:
+    """The raylet of a fake node (its --node_id) and its descendants."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in cmdline and f"--node_id={node_id}" in cmdline:
+            found.append(proc.pid)
+            try:
+                found += [child.pid for child in proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    return found
+
+
+def kill_node(node_id: str) -> int:
+    """SIGKILL the node's raylet and everything under it, as a reclaimed instance vanishes; returns
+    how many processes were signalled."""
+    import os
+
+    pids = node_processes(node_id)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def drain(cluster: FakeCluster, node_id: str, deadline_s: int) -> None:
+    """A spot notice, as the watcher turns it into a drain."""
+    cluster.ray_cli("drain-node", f"--address={cluster.address}", f"--node-id={node_id}", f"--reason={PREEMPTION}",
+                    "--reason-message=spot terminate notice (test)", f"--deadline-remaining-seconds={deadline_s}")
+
+
+def train_worker_nodes(cluster: FakeCluster) -> list[str]:
+    """Nodes of the live Ray Train workers (from the State API, through the cluster's dashboard)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster.dashboard, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                         raise_on_missing_output=False)
+    return sorted({a.node_id for a in actors})
+
+
+def preemption_checkpoints(storage: Path, since: float) -> list[Path]:
+    """Train checkpoints saved on a notice (their state has a mid-epoch `position`) after `since`,
+    once Train has registered them (its checkpoint manager's snapshot names them): one written but
+    not yet registered when the node dies is lost, as it would be on AWS (two minutes of notice
+    leave time to register; a kill the instant the file lands does not)."""
+    import torch
+
+    found = []
+    for state in storage.glob("*/checkpoint_*/state.pt"):
+        snapshot = state.parent.parent / "checkpoint_manager_snapshot.json"
+        try:
+            if (state.stat().st_mtime >= since and "position" in torch.load(state, weights_only=True)
+                    and state.parent.name in snapshot.read_text()):
+                found.append(state)
+        except (OSError, RuntimeError, EOFError):  # being written
+            pass
+    return found
+
+
+def steps_parts(results: Path, study: str) -> int:
+    return sum(1 for p in (results / study / "steps.parquet").glob("*.parquet") if not p.name.startswith("."))
+
+
+@dataclass
+class Reclaims:
+    """What a run of reclaims did: per reclaim, the seconds from the kill to the next steps row."""
+
+    recoveries: list[float] = field(default_factory=list)
+    notices: int = 0
+    kills: int = 0
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def reclaim_train_nodes(cluster: FakeCluster, results: Path, study: str, notices: list[bool], deadline_s: int = 60,
+                        timeout_s: float = 240) -> Reclaims:
+    """One reclaim per entry of `notices`: once a steps row has landed since the last reclaim, drain
+    the node of the running Train worker(s) (where the entry is True), wait for the checkpoint that
+    the notice causes, kill the node."""
+    done = Reclaims()
+    storage = results / "_ray"
+    for notice in notices:
+        rows = steps_parts(results, study)
+        wait_for(lambda: steps_parts(results, study) > rows, timeout_s, "a steps row from the running trial")
+        (node, *_) = wait_for(lambda: train_worker_nodes(cluster), timeout_s, "a live Train worker")
+        if notice:
+            since = time.time()
+            drain(cluster, node, deadline_s)
+            wait_for(lambda: preemption_checkpoints(storage, since), timeout_s, "the checkpoint the notice causes")
+            done.notices += 1
+        rows = steps_parts(results, study)
+        killed = time.time()
+        assert kill_node(node) > 0, f"no processes found for node {node}"
+        done.kills += 1
+        wait_for(lambda: steps_parts(results, study) > rows, timeout_s, "the next steps row after the kill")
+        done.recoveries.append(time.time() - killed)
+    return done
+
+
+def submit(cluster: FakeCluster, argv: list[str]) -> str:
+    """`ray job submit` of an orchestrator command on the cluster (GPU nodes without CUDA: the CPU
+    fallback, which the rows record); returns the job id."""
+    import re
+
+    env = json.dumps({"env_vars": {"ORCHESTRATOR_ALLOW_CPU_FALLBACK": "1"}})
+    deadline = time.time() + 120
+    while True:  # the head's job agent registers a little after the dashboard answers
+        out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json", env,
+                              "--no-wait", "--", sys.executable, "-m", "orchestrator", *argv, check=False)
+        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+
+def job_end(cluster: FakeCluster, job_id: str, timeout_s: float = 900) -> tuple[str, str]:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status, client.get_job_logs(job_id)
+        time.sleep(2)
+    client.stop_job(job_id)
+    return "TIMEOUT", client.get_job_logs(job_id)
+
+
+def stop_job(cluster: FakeCluster, job_id: str) -> str:
+    """Stop the job; returns the end of its logs (for the failure's message)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard)
+    logs = client.get_job_logs(job_id)
+    client.stop_job(job_id)
+    return logs[-6000:]
