@@ -183,5 +183,11 @@ def compare_tables(reference: Path, results: Path) -> Comparison:
 
 
 def report_numbers(text: str) -> list[str]:
-    """A study report without what differs between equal results: the header naming runs, file paths."""
-    return [line for line in text.splitlines()[1:] if not line.strip().startswith(("plots:", "plot:", "/"))]
+    """A study report without what differs between equal results: the header naming runs, file paths
+    and the cost section (CPU/GPU-seconds held are wall time, and an interrupted run holds more)."""
+    lines, in_cost = [], False
+    for line in text.splitlines()[1:]:
+        in_cost = line.startswith("cost:") or (in_cost and line.startswith("  "))
+        if not in_cost and not line.strip().startswith(("plots:", "plot:", "/")):
+            lines.append(line)
+    return lines
