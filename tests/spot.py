@@ -58,13 +58,21 @@ def drain(cluster: FakeCluster, node_id: str, deadline_s: int) -> None:
                     "--reason-message=spot terminate notice (test)", f"--deadline-remaining-seconds={deadline_s}")
 
 
-def train_worker_nodes(cluster: FakeCluster) -> list[str]:
-    """Nodes of the live Ray Train workers (from the State API, through the cluster's dashboard)."""
+def actor_nodes(cluster: FakeCluster, class_name: str) -> list[str]:
+    """The node of each live actor of a class (from the State API, through the cluster's dashboard):
+    RayTrainWorker (Train workers), ImplicitFunc (Tune's function trials)."""
     from ray.util.state import list_actors
 
-    actors = list_actors(address=cluster.dashboard, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                         raise_on_missing_output=False)
-    return sorted({a.node_id for a in actors})
+    actors = list_actors(address=cluster.dashboard, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+                         raise_on_missing_output=False, limit=1000)
+    return sorted(a.node_id for a in actors)
+
+
+def train_worker_nodes(cluster: FakeCluster) -> list[str]:
+    """Nodes of the live Ray Train workers, the busiest first."""
+    from collections import Counter
+
+    return [node for node, _ in Counter(actor_nodes(cluster, "RayTrainWorker")).most_common()]
 
 
 def preemption_checkpoints(storage: Path, since: float) -> list[Path]:
@@ -97,6 +105,7 @@ class Reclaims:
     recoveries: list[float] = field(default_factory=list)
     notices: int = 0
     kills: int = 0
+    runs_noticed: list[int] = field(default_factory=list)  # per notice: the Train runs with workers on the node
 
 
 def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
@@ -112,19 +121,22 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
 def reclaim_train_nodes(cluster: FakeCluster, results: Path, study: str, notices: list[bool], deadline_s: int = 60,
                         timeout_s: float = 240) -> Reclaims:
     """One reclaim per entry of `notices`: once a steps row has landed since the last reclaim, drain
-    the node of the running Train worker(s) (where the entry is True), wait for the checkpoint that
-    the notice causes, kill the node."""
+    the node holding the most running Train workers (where the entry is True), wait for the
+    checkpoints the notice causes (one per Train run there), kill the node."""
     done = Reclaims()
     storage = results / "_ray"
     for notice in notices:
         rows = steps_parts(results, study)
         wait_for(lambda: steps_parts(results, study) > rows, timeout_s, "a steps row from the running trial")
         (node, *_) = wait_for(lambda: train_worker_nodes(cluster), timeout_s, "a live Train worker")
-        if notice:
+        if notice:  # every Train run with a worker there saves a checkpoint
+            runs = actor_nodes(cluster, "RayTrainWorker").count(node)
             since = time.time()
             drain(cluster, node, deadline_s)
-            wait_for(lambda: preemption_checkpoints(storage, since), timeout_s, "the checkpoint the notice causes")
+            wait_for(lambda: len({p.parent.parent for p in preemption_checkpoints(storage, since)}) >= runs, timeout_s,
+                     f"the checkpoints the notice causes ({runs} Train run(s) on the node)")
             done.notices += 1
+            done.runs_noticed.append(runs)
         rows = steps_parts(results, study)
         killed = time.time()
         assert kill_node(node) > 0, f"no processes found for node {node}"

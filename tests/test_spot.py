@@ -1,7 +1,8 @@
 """Spot reclaims on the cluster `ray up` builds (autoscaler v2), simulated on one machine: a GAN trial
 on a GPU-type spot node is drained for preemption and its node killed, three times in one run; a
-node killed with no notice. The job must end SUCCEEDED, every epoch land exactly once, and the trial
-row say what it survived. Not shown here: real AWS spot notices and real GPUs (docs/clusters.md)."""
+node killed with no notice; four GAN trials packed on one GPU node reclaimed at once; a CPU node
+lost mid-minimax. The job must end SUCCEEDED, every epoch and row land exactly once, and the trial
+rows say what they survived. Not shown here: real AWS spot notices and real GPUs (docs/clusters.md)."""
 
 import shutil
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.results import ResultStore
-from tests.fake_cluster import FakeCluster
-from tests.spot import job_end, reclaim_train_nodes, stop_job, submit
+from tests.fake_cluster import CPU_TYPE, FakeCluster
+from tests.spot import actor_nodes, job_end, kill_node, reclaim_train_nodes, stop_job, submit, wait_for
 
 pytestmark = pytest.mark.slow
 EPOCHS = 10
@@ -65,3 +66,64 @@ def test_a_gan_trial_survives_three_preemptions_and_a_kill_without_notice(cluste
     # each resume from the latest checkpoint: the notice's, mid-epoch, or the epoch's that ended between
     # the notice and the kill; the kill without notice: the last epoch's
     assert logs.count("resumed in epoch") >= 1 and logs.count(" (resumed ") == 4, logs[-4000:]
+
+
+def test_four_gan_trials_packed_on_one_reclaimed_node_all_finish(cluster, data_dir):
+    """Four trials of a quarter GPU each share one GPU node; its reclaim notices all four Train runs,
+    each saves a checkpoint, and all four resume on the next node."""
+    results = cluster.shared / "results-packed"
+    job = run_gan(cluster, results, data_dir, ["--set", "epochs=3", "--set", "sample_epochs=3", "--set",
+                                               "gpus_per_worker=0.25", "--set", "cpus_per_worker=0.5",
+                                               "--sweep", "lr=1e-4,2e-4,3e-4,4e-4"])
+    try:
+        wait_for(lambda: len(actor_nodes(cluster, "RayTrainWorker")) == 4, 300, "four running Train workers")
+        assert len(set(actor_nodes(cluster, "RayTrainWorker"))) == 1, "the four trials are not packed on one node"
+        reclaims = reclaim_train_nodes(cluster, results, "gan", notices=[True])
+    except BaseException as exc:
+        raise AssertionError(f"{exc}\n--- the job's log ---\n{stop_job(cluster, job)}") from exc
+    status, logs = job_end(cluster, job)
+    print(logs)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert reclaims.runs_noticed == [4]
+    store = ResultStore(results)
+    steps, trials = store.read("gan", "steps"), store.read("gan", "trials")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all(), trials
+    for key, own in steps.groupby("trial_key"):
+        assert sorted(own["epoch"]) == [1, 2, 3], (key, list(own["epoch"]))
+    assert (trials["preemptions"] == 1).all(), trials[["trial_name", "preemptions", "restarts"]]
+
+
+MINIMAX = ["--no-dashboard", "--set", "steps=600000", "--set", "lr_min=1e-7", "--set", "lr_max=1e-6",
+           "--set", "num_lrs=20"]  # lrs so small no lane ends early: each trial runs ~10 s alone
+
+
+def test_a_cpu_node_lost_mid_minimax_costs_a_retry_not_a_row(cluster):
+    """A CPU-type node dies (no notice) while minimax trials run on it: Tune retries them, and every
+    (algorithm, lr) row and step lands exactly once."""
+    from workloads import minimax
+
+    results = cluster.shared / "results-minimax"
+    cpu_nodes = lambda: {n["id"] for n in cluster.nodes() if n["alive"] and n["resources"].get("cpu_node")  # noqa: E731
+                         and not n["resources"].get("train_driver")}
+
+    def busy_cpu_node():  # a CPU-type node running a trial while no trial has ended yet
+        if any((results / "minimax" / "trials.parquet").glob("*.parquet")):
+            raise AssertionError("a minimax trial ended before one was seen running on a CPU-type node")
+        busy = [n for n in actor_nodes(cluster, "ImplicitFunc") if n in cpu_nodes()]
+        return busy[0] if busy else None
+
+    job = submit(cluster, ["run", "minimax", "--results", str(results), *MINIMAX])
+    try:
+        node = wait_for(busy_cpu_node, 300, f"a minimax trial on a {CPU_TYPE} node")
+        assert kill_node(node) > 0
+    except BaseException as exc:
+        raise AssertionError(f"{exc}\n--- the job's log ---\n{stop_job(cluster, job)}") from exc
+    status, logs = job_end(cluster, job)
+    print(logs)
+    assert status == "SUCCEEDED", logs[-4000:]
+    store = ResultStore(results)
+    trials, steps = store.read("minimax", "trials"), store.read("minimax", "steps")
+    lrs = len(minimax.Config(lr_min=1e-7, lr_max=1e-6, num_lrs=20).lr_grid())
+    assert len(trials) == 5 * lrs and not trials.duplicated(["algorithm", "lr"]).any()
+    assert not steps.duplicated(["algorithm", "lr", "step"]).any() and len(steps) == 5 * lrs * steps["step"].nunique()
+    assert "failed, retried" in logs and trials["restarts"].max() >= 1, logs[-4000:]

@@ -1,7 +1,7 @@
 """What runs inside Ray: the runtimes a workload's loop gets there, and the trial functions.
 
-`_TuneRuntime` serves single-process Tune trials; `_TrainRuntime` serves Ray Train workers (DDP
-preparation, `ray.train.report` with checkpoints). A distributed trial is `train_driver`: a Tune
+`_TrainRuntime` serves Ray Train workers (DDP preparation, `ray.train.report` with checkpoints;
+single-process Tune trials have tune_trial.py). A distributed trial is `train_driver`: a Tune
 function that builds and fits one `TorchTrainer` (the Train V2 pattern; `Tuner(trainer)` is
 deprecated). Imported only inside Ray actors and by the engine's driver-side modules.
 """
@@ -20,12 +20,10 @@ from orchestrator import progress as progress_file
 from orchestrator.results.provenance import package_version
 from orchestrator.engine.capacity import worker_resources
 from orchestrator.studies.spec import Scaling
-from workloads.runtime import (NO_ROW, REPLAY_KEY, RESUMED_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state,
-                               save_state, table_of)
+from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_KEY, TABLE_KEY, load_state, save_state, table_of
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
 NOTICED_FILE = "preemption_notice"  # in a checkpoint saved after a preemption notice (see _mark_noticed)
-ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch and state digest (see _TuneRuntime)
 # a drain notice is looked for every this many steps: the query is a collective (~ms); a GAN step on a
 # GPU takes ~5 ms, so ~0.1 s between looks, far inside AWS's two minutes
 PREEMPTION_POLL_STEPS = 20
@@ -55,75 +53,6 @@ def root_cause(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
-class _TuneRuntime(SingleProcess):
-    """Runtime of a single-process trial: reports go straight to Tune. With `use_gpu` it trains on
-    the GPU Ray assigned; a node that declares one without usable CUDA fails the trial with one
-    line, or, with the CPU fallback allowed, trains on its CPU and the rows say so."""
-
-    def __init__(self, artifact_dir: str, use_gpu: bool = False, allow_cpu_fallback: bool = False,
-                 checkpoints: bool = False) -> None:
-        self.artifact_dir = artifact_dir
-        # checkpoints: Tune checkpoints, for schedulers that move state between trials (PBT); without
-        # them (the default) single-process trials are short and an interrupted one reruns
-        self.checkpoints, self.restored = checkpoints, {}
-        self.device, name, fallback = "cpu", "cpu", False
-        if use_gpu:
-            import ray
-            import torch
-
-            if torch.cuda.is_available():
-                self.device, name = "cuda", torch.cuda.get_device_name(0)  # Ray sets CUDA_VISIBLE_DEVICES
-            elif allow_cpu_fallback:
-                fallback = True
-            else:
-                raise RuntimeError(f"node {ray.get_runtime_context().get_node_id()} ({socket.gethostname()}) declares a "
-                                   "GPU but torch cannot use it (set ORCHESTRATOR_ALLOW_CPU_FALLBACK=1 to train on its CPU)")
-        self.software = software(self.device, name, 1, sync_bn=False, cpu_fallback=fallback)
-
-    def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
-        import ray
-        from ray import tune
-
-        payload = {**metrics, **(self.software if final else {}), **where(), TABLE_KEY: table_of(final, table)}
-        if checkpoint is None or not self.checkpoints:
-            tune.report(payload)
-            return
-        payload.update(self.restored)  # the first report after a restore says what it restored
-        self.restored = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            save_state(checkpoint, tmp)
-            # the digest of the state's bytes: a trial that exploits this checkpoint reports the same one
-            payload["checkpoint_digest"] = _digest(Path(tmp))
-            origin = {"trial_id": tune.get_context().get_trial_id(), "trial_name": tune.get_context().get_trial_name(),
-                      "epoch": metrics.get("epoch"), "digest": payload["checkpoint_digest"]}
-            (Path(tmp) / ORIGIN_FILE).write_text(json.dumps(origin))
-            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    def say(self, line: str, progress: tuple | None = None) -> None:
-        """A progress line the driver prints, with the step's count (what, done, total) if it has one (progress.py)."""
-        progress_file.append(self.artifact_dir, line, progress)
-
-    def restore(self):
-        """The state of the trial's Tune checkpoint, if any: its own after a restart (PBT pauses and
-        resumes trials when they outnumber the slots), or the better trial's it exploits under PBT (the
-        next report names that trial and epoch: restored_from, with the state's digest)."""
-        if not self.checkpoints:
-            return None
-        from ray import tune
-
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            state = load_state(directory)
-            origin_file = Path(directory) / ORIGIN_FILE
-            origin = json.loads(origin_file.read_text()) if origin_file.exists() else {}
-            if origin.get("trial_id") != tune.get_context().get_trial_id():  # an exploit, not its own state
-                self.restored = {"restored_from": f"{origin.get('trial_name')}@epoch {origin.get('epoch')}",
-                                 "restored_digest": _digest(Path(directory))}
-        return state
-
-
 def where() -> dict[str, str]:
     """Which node ran a report (columns of every row): its id, and its node type where the node was
     started for one (the autoscaler sets RAY_NODE_TYPE_NAME, which Ray turns into this label)."""
@@ -133,12 +62,6 @@ def where() -> dict[str, str]:
     context = ray.get_runtime_context()
     group = context.get_node_labels().get(RAY_NODE_GROUP_KEY, "")
     return {"node_id": context.get_node_id(), "node_type": group[0] if isinstance(group, list) and group else group or ""}
-
-
-def _digest(directory: Path) -> str:
-    import hashlib
-
-    return hashlib.sha1((directory / STATE_FILE).read_bytes()).hexdigest()[:16]
 
 
 def convert_sync_batchnorm(model, device, world_size: int, enabled: bool):
@@ -295,15 +218,6 @@ def trial_config(params: dict, configs: list) -> tuple[int, Any]:
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     changes = {k: v for k, v in changes.items() if getattr(base, k) != v}
     return index, dataclasses.replace(base, **changes) if changes else base
-
-
-def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: list, use_gpu: bool = False,
-                   allow_cpu_fallback: bool = False, checkpoints: bool = False) -> None:
-    import importlib
-
-    index, config = trial_config(params, configs)
-    runtime = _TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback, checkpoints)
-    importlib.import_module(module).train_loop(config, runtime)
 
 
 def train_worker(params: dict) -> None:

@@ -66,6 +66,25 @@ class TrialPlan:
         """Names this run of the study: its Tune experiment, its progress bar."""
         return f"{self.study}-{self.run_id}"
 
+    @property
+    def experiment_name(self) -> str:
+        """Tune's experiment: one per run, except under PBT: one per study, so that a resubmitted run
+        finds its trials' Tune checkpoints (tune_trial.py)."""
+        return f"{self.study}-pbt" if self.pbt else self.run_key
+
+    def trial_dirname(self, index: int, trial_id: str) -> str:
+        """A trial's folder in the Tune experiment: under PBT its attempt (stable across runs), else its id."""
+        return self.attempts[index] if self.pbt else trial_id
+
+    def earlier_checkpoints(self) -> list[str | None]:
+        """Under PBT, each trial's latest Tune checkpoint from an earlier run (None: start afresh)."""
+        from orchestrator.engine.tune_trial import latest_checkpoint
+
+        if not self.pbt:
+            return [None] * len(self.configs)
+        experiment = Path(self.storage) / self.experiment_name
+        return [latest_checkpoint(experiment / attempt) for attempt in self.attempts]
+
     def held(self) -> tuple[float, float]:
         """(CPUs, GPUs) one trial holds while it runs: every Train worker's share (the driver holds
         none), or the single process's."""

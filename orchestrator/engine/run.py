@@ -100,11 +100,11 @@ def _tuner(plan: TrialPlan, sink, trainable, concurrent: int | None, store: Resu
             reuse_actors=not plan.distributed,
             max_concurrent_trials=concurrent,
             scheduler=schedulers.build(plan.exp, plan.workload, plan.configs, sink.early_stopped),
-            trial_dirname_creator=lambda trial: trial.trial_id,
+            trial_dirname_creator=lambda trial: plan.trial_dirname(trial.config["trial"]["index"], trial.trial_id),
             trial_name_creator=lambda trial: plan.names[trial.config["trial"]["index"]],  # gan-lr=0.0002,beta1=0.5
         ),
         run_config=tune.RunConfig(
-            name=plan.run_key,
+            name=plan.experiment_name,
             storage_path=plan.storage,
             callbacks=[SinkCallback(sink), *callbacks],
             stop=StopOnFailure(sink),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from orchestrator.engine import actors, capacity
+from orchestrator.engine import actors, capacity, tune_trial
 from orchestrator.engine.plan import TrialPlan, train_run_names
 from orchestrator.engine.session import DRIVER_RESOURCE
 
@@ -34,6 +34,10 @@ def build(plan: TrialPlan, joined: bool, say: Callable[[str], None]) -> tuple[ob
         # the driver only waits on its TorchTrainer's workers: no CPU
         return tune.with_resources(driver, {"cpu": 0, DRIVER_RESOURCE: 1}), capacity.max_concurrent(scaling, joined, say)
     need, fits = capacity.single_process_resources(scaling, joined)
-    trial = tune.with_parameters(actors.function_trial, **common, use_gpu=scaling.use_gpu, checkpoints=plan.pbt)
+    earlier = plan.earlier_checkpoints()
+    if any(earlier):
+        say(f"PBT: {sum(map(bool, earlier))} trial(s) resume from an earlier run's checkpoints (--fresh starts over)")
+    trial = tune.with_parameters(tune_trial.function_trial, **common, use_gpu=scaling.use_gpu, checkpoints=plan.pbt,
+                                 earlier=earlier)
     resources = {"cpu": need.pop("CPU"), "gpu": need.pop("GPU", 0), **need}
     return tune.with_resources(trial, resources), scaling.max_concurrent_trials or fits
