@@ -61,7 +61,7 @@ def test_rerun_keeps_finished_trials_and_fresh_reruns_them(finished_run, capsys)
     assert main(["run", "minimax", "--results", str(finished_run), *TINY]) == 0
     out = capsys.readouterr().out
     assert "already finished" in out and "nothing to run" in out
-    assert "200/200 rows ok " in out and "/200 converged" in out and "e-3" not in out  # not a best-of distance
+    assert "200/200 rows ok " in out and "/200 reached" in out and "e-3" not in out  # not a best-of distance
     assert sorted(p.name for p in table.iterdir()) == before  # nothing rerun, nothing duplicated
     assert main(["run", "minimax", "--results", str(finished_run), *TINY, "--fresh"]) == 0
     trials = pd.read_parquet(table)

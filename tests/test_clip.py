@@ -42,6 +42,18 @@ def test_temperature_is_learnable_and_capped_after_the_step():
     assert float(model.scale().detach()) == pytest.approx(100.0)
 
 
+def test_the_training_step_caps_the_temperature():
+    """The loop's own step caps the scale after the optimizer moved it past the cap."""
+    from workloads.clip.loop import train_step
+
+    model = CLIP(None, None, 8, 8, 4, 0.0, 1 / 0.07, 100.0, "cls")
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # e^10 >> 100
+    opt = torch.optim.SGD([model.logit_scale], lr=0.0)  # the step leaves it where it is: above the cap
+    train_step(model, opt, {"image_features": torch.randn(6, 8), "text_features": torch.randn(6, 8)})
+    assert float(model.scale().detach()) == pytest.approx(100.0)
+
+
 def test_no_weight_decay_on_biases_norms_and_the_temperature():
     from workloads.clip.config import Config
     from workloads.clip.loop import optimizer
@@ -142,13 +154,19 @@ def test_split_is_80_10_10_by_image_when_no_split_file(kaggle_layout):
     assert again.images == train.images  # the same split for every training seed (split_seed)
 
 
-def test_missing_image_fails_with_its_name(kaggle_layout, tmp_path):
+def test_missing_image_fails_with_its_name(kaggle_layout, tmp_path, capsys):
     broken = tmp_path / "flickr8k"
     shutil.copytree(kaggle_layout, broken)
     victim = sorted((broken / "Images").iterdir())[0]
     victim.unlink()
     with pytest.raises(data.DataError, match=victim.name):
         data.load_image(victim, data.image_transform(32, (0.5,) * 3, (0.5,) * 3))
+    # and before Ray starts: `run clip` stops in preflight with one line naming it
+    code = main(["run", "clip", "--data-dir", str(tmp_path), "--set", "dataset=flickr8k", "--set", "images_subdir=Images",
+                 "--set", "captions_file=captions.txt", "--set", "splits_file=", "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 image(s) named in the captions are missing" in err and victim.name in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "r" / "clip").exists()
 
 
 def test_unknown_offline_encoders_are_one_line(capsys, tmp_path):
@@ -324,6 +342,14 @@ def test_a_preemption_checkpoint_mid_epoch_resumes_to_the_uninterrupted_numbers(
     assert resumed.steps[0]["loss"] == twin.steps[1]["loss"], (resumed.steps, twin.steps)
     for key in ("t2i_r1", "t2i_r10", "i2t_r10", "selected_epoch"):
         assert resumed.finals[0][key] == twin.finals[0][key], key
+    # a checkpoint that does not fit the model (other code, another config) fails in one line, never in part
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    for change in ({"foreign.weight": torch.zeros(1)}, "drop"):
+        model = dict(state["model"])
+        model.update(change) if isinstance(change, dict) else model.pop(next(iter(model)))
+        torch.save({**state, "model": model}, tmp_path / "ckpt" / "state.pt")
+        with pytest.raises(RuntimeError, match="does not fit this CLIP model.*--fresh"):
+            loop.train_loop(config, LocalRuntime(artifact_dir=str(tmp_path / "run"), checkpoint_dir=str(tmp_path / "ckpt")))
 
 
 def test_a_transformers_that_cannot_use_this_torch_fails_preflight_in_one_line(monkeypatch, tmp_path, capsys):

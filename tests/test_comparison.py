@@ -53,11 +53,47 @@ def test_bad_sweeps_on_the_command_line(tmp_path, capsys):
     assert len(err) == 2 and "no random seed" in err[0] and "STUDY.lr" in err[1]
 
 
-def test_a_difference_exceeds_seed_noise_only_beyond_twice_its_standard_error():
-    delta, se, real = difference(pd.Series([0.50, 0.52, 0.51]), pd.Series([0.60, 0.61, 0.59]))
-    assert delta == pytest.approx(0.09) and se == pytest.approx(np.sqrt(0.01 ** 2 / 3 * 2)) and real
-    _, _, noise = difference(pd.Series([0.50, 0.58, 0.54]), pd.Series([0.55, 0.51, 0.59]))
-    assert not noise
+def test_differences_are_welch_tested_apart_and_paired_over_matched_seeds():
+    from scipy import stats
+
+    a, b = pd.Series([0.50, 0.52, 0.51], index=[1, 2, 3]), pd.Series([0.60, 0.61, 0.59], index=[4, 5, 6])
+    d = difference(a, b)  # other seeds: Welch
+    assert not d.paired and d.delta == pytest.approx(0.09) and d.se == pytest.approx(np.sqrt(0.01 ** 2 / 3 * 2))
+    assert d.pvalue == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue) and d.pvalue < 0.05
+    assert d.ci[0] > 0  # the whole 95% interval above 0
+    noise = difference(pd.Series([0.50, 0.58, 0.54]), pd.Series([0.55, 0.51, 0.59], index=[5, 6, 7]))
+    assert noise.pvalue > 0.05 and noise.ci[0] < 0 < noise.ci[1]
+    # the same seeds on both sides, seeds far apart, b always ~0.01 above: Welch sees noise, the paired test sees
+    # the consistent shift (a seed draws the same captions and initial heads on either side)
+    seeds = [42, 43, 44, 45]
+    a = pd.Series([0.50, 0.56, 0.53, 0.59], index=seeds)
+    b = pd.Series([0.511, 0.569, 0.541, 0.601], index=seeds)
+    assert stats.ttest_ind(b, a, equal_var=False).pvalue > 0.5
+    paired = difference(a, b)
+    assert paired.paired and paired.pvalue < 0.01 and paired.ci[0] > 0
+
+
+def test_holm_corrects_the_reports_tests_together():
+    from orchestrator.reports.clip import holm
+
+    assert holm([0.01, 0.04, 0.02]) == pytest.approx([0.03, 0.04, 0.04])  # 3 x 0.01, 2 x 0.02, 1 x 0.04
+    assert holm([0.01, 0.03, 0.04]) == pytest.approx([0.03, 0.06, 0.06])  # step-down: stops after the first
+    assert holm([0.5, float("nan"), 0.001])[0] == pytest.approx(0.5) and np.isnan(holm([float("nan")])[0])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8 capped at 1; never decreasing in rank order
+
+
+def test_a_difference_that_one_test_shows_is_noise_among_many():
+    """Alone, a pair 0.02 apart over 3 matched seeds is beyond noise (paired p ~ 0.03); in a report
+    of three configurations of which a third is far off, the ranking's second step is not, after
+    Holm's correction."""
+    rows = [dict(pair=f"{m}+t", image_model=m, text_model="t", image_params=p, text_params=2e7, t2i_r10=v, seed=s)
+            for m, p, values in (("big", 5e6, (0.600, 0.620, 0.640)), ("mid", 4e6, (0.586, 0.600, 0.614)),
+                                 ("small", 3e6, (0.300, 0.320, 0.340)))
+            for s, v in zip((1, 2, 3), values)]
+    lines = conclusion(pd.DataFrame(rows))
+    ranking = next(line for line in lines if line.startswith("  ranking:"))
+    assert ranking.startswith("  ranking: big+t ~ mid+t > small+t"), lines
+    assert "Holm" in lines[0] and "paired p=" in lines[1]
 
 
 TINY_FROZEN = ["--set", "dataset=flickr8k", "--set", "train_images=48", "--set", "val_images=24",

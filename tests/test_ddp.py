@@ -159,6 +159,57 @@ def test_a_resumed_rank_continues_its_own_random_stream(ranks):
         assert torch.equal(rank["resumed"][0], rank["next"][0]) and torch.equal(rank["resumed"][1], rank["next"][1])
 
 
+def _cuda_runtime(sync_bn: bool, world_size: int = 2):
+    """The Train runtime of rank 0 of a CUDA DDP run, up to the CUDA call: Ray Train's
+    prepare_model (DDP wrapping, the move to the GPU) is replaced by a recorder."""
+    from orchestrator.engine.actors import _TrainRuntime
+
+    runtime = object.__new__(_TrainRuntime)  # its __init__ asks Ray Train for the context
+    runtime.device, runtime.world_size, runtime.sync_bn = torch.device("cuda", 0), world_size, sync_bn
+    runtime.cpu_fallback, runtime.software = False, {"sync_bn": False}
+    return runtime
+
+
+@pytest.mark.parametrize("sync_bn,world_size,converted", [(True, 2, True), (False, 2, False), (True, 1, False)])
+def test_the_train_runtime_converts_batchnorm_exactly_when_asked(monkeypatch, sync_bn, world_size, converted):
+    """Everything up to the CUDA call, on CPU: the runtime the GAN loop gets converts every BatchNorm of
+    the generator to SyncBatchNorm over the default (world) process group on multi-GPU DDP with
+    Scaling.sync_bn on, and none otherwise; the rows say which."""
+    import ray.train.torch
+
+    from workloads.gan.models import Generator
+
+    given = []
+    monkeypatch.setattr(ray.train.torch, "prepare_model", lambda model, **kw: given.append(model) or model)
+    runtime = _cuda_runtime(sync_bn, world_size)
+    model = runtime.prepare_model(Generator())
+    bns = [m for m in Generator().modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    syncs = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert given == [model] and runtime.software["sync_bn"] is converted
+    assert len(syncs) == (len(bns) if converted else 0) and len(bns) >= 2
+    assert all(m.process_group is None for m in syncs)  # None: the default group, every rank
+    if converted:
+        assert not any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_the_conversion_keeps_timms_fused_activations_and_the_weights():
+    """EfficientNet's BatchNormAct2d (norm + ReLU6): timm's converter keeps the activation that torch's
+    would drop; in eval mode (no sync) the converted network computes what the original did."""
+    import timm
+
+    from orchestrator.engine.actors import convert_sync_batchnorm
+
+    net = timm.create_model("efficientnet_lite0", num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = net(x)
+    converted = convert_sync_batchnorm(net, torch.device("cuda"), 2, True).eval()
+    assert not any(type(m).__name__ == "BatchNormAct2d" for m in converted.modules())
+    assert any(type(m).__name__ == "SyncBatchNormAct" for m in converted.modules())
+    assert torch.allclose(converted(x), before, atol=1e-5)
+    cpu = timm.create_model("efficientnet_lite0", num_classes=0)
+    assert convert_sync_batchnorm(cpu, torch.device("cpu"), 2, True) is cpu  # CPU DDP: per-rank statistics
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA; this machine has no GPU")
 def test_the_runtime_converts_batchnorm_to_syncbatchnorm_on_cuda_ddp():
     from orchestrator.engine.actors import convert_sync_batchnorm

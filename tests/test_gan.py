@@ -1,6 +1,7 @@
 """The GAN study: models as the study wrote them, the quality score, and a real 2-worker DDP run
 under Ray Train with an injected failure, resumed from its checkpoint."""
 
+import dataclasses
 import struct
 import zlib
 from pathlib import Path
@@ -56,6 +57,18 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
     assert code == 2 and "FashionMNIST not found" in err and err.count("\n") == 1
 
 
+def test_a_wrong_data_folder_fails_even_when_the_cache_holds_the_data(gan_cache, tmp_path, capsys):
+    """The cache already holds FashionMNIST: a mistyped --data-dir is still an error (before, the run
+    trained on the cache and exited 0)."""
+    with pytest.raises(data.DataError, match="FashionMNIST not found"):
+        data.locate(str(tmp_path / "nonexistent"), gan_cache)
+    code = main(["run", "gan", "--data-dir", str(tmp_path / "nonexistent"), "--set", f"cache_dir={gan_cache}",
+                 "--set", "epochs=1", "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and "FashionMNIST not found" in err and err.count("\n") == 1
+    assert not (tmp_path / "results" / "gan").exists()  # nothing ran
+
+
 @pytest.fixture(scope="module")
 def cache_dir(gan_cache):
     return gan_cache
@@ -83,6 +96,14 @@ def test_fid_separates_real_from_noise(data_dir, cache_dir):
     real_score, noise_score = scorer.score(real), scorer.score(noise)
     assert real_score["fid"] * 20 < noise_score["fid"]
     assert real_score["class_coverage"] == 1.0 and noise_score["class_coverage"] <= 0.2
+    # two references, disjoint halves of the test split: val_fid selects, fid is reported
+    assert real_score["val_fid"] * 20 < noise_score["val_fid"] and real_score["val_fid"] != real_score["fid"]
+    assert quality.references(1000) == {"val_fid_reference": "FashionMNIST test[0:1000]",
+                                        "fid_reference": "FashionMNIST test[5000:6000]"}
+    test, _ = data.load(data_dir, cache_dir, train=False)
+    assert scorer.score(test[5000:6000])["fid"] < 1e-6 < scorer.score(test[5000:6000])["val_fid"]
+    with pytest.raises(ValueError, match="fid_images must be"):
+        Config(fid_images=5001)
 
 
 def _kill_a_train_worker_after_epoch_1(steps_dir, killed: list, timeout_s: float = 300) -> None:
@@ -170,6 +191,20 @@ def test_generate_writes_a_valid_png(ddp_run, tmp_path):
     assert zlib.crc32(blob[12:29]) == struct.unpack(">I", blob[29:33])[0]  # IHDR checksum
 
 
+def test_generate_takes_a_checkpoint_and_a_seed(ddp_run, tmp_path):
+    """`generate --checkpoint PATH --seed S`: the same seed gives the same grid byte for byte, another
+    seed another grid; a checkpoint outside any results folder works; a missing one is one line."""
+    weights = tmp_path / "elsewhere.pt"
+    weights.write_bytes((ddp_run / "gan" / "artifacts").glob("*/generator.pt").__next__().read_bytes())
+    grids = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        grids[name] = tmp_path / f"{name}.png"
+        assert main(["generate", "gan", "--checkpoint", str(weights), "--seed", str(seed), "--n", "16",
+                     "--out", str(grids[name])]) == 0
+    assert grids["a"].read_bytes() == grids["b"].read_bytes() != grids["c"].read_bytes()
+    assert main(["generate", "gan", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.png")]) == 2
+
+
 def test_report_shows_curves_and_sample_grids(ddp_run, capsys):
     from tests.test_cli import html_images
 
@@ -200,6 +235,37 @@ def test_the_step_runs_in_channels_last_and_bf16_as_in_fp32():
     plain = step(torch.contiguous_format, contextlib.nullcontext())
     assert step(torch.channels_last, contextlib.nullcontext()) == pytest.approx(plain, rel=1e-4)
     assert step(torch.contiguous_format, torch.autocast("cpu", dtype=torch.bfloat16)) == pytest.approx(plain, rel=0.05)
+
+
+def test_the_gpu_settings_reach_the_loop_and_keep_its_numbers(gan_cache, data_dir, monkeypatch):
+    """Config(channels_last, amp, compile), through the loop a trial runs: G and D are handed to the
+    runtime in NHWC, both are compiled (Dynamo traces the real models and step; the aot_eager backend
+    stands in for inductor, whose kernels are a GPU question), the rows record bf16 where the CPU has
+    it, and the epoch's losses stay those of the plain loop."""
+    from workloads.common import native_bf16
+    from workloads.runtime import LocalRuntime
+
+    class Recording(LocalRuntime):
+        def prepare_model(self, model):
+            self.models = [*getattr(self, "models", []), model]
+            return model
+
+    compiled, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or real_compile(model, backend="aot_eager"))
+    base = Config(data_dir=data_dir, cache_dir=gan_cache, train_images=256, epochs=1, sample_epochs=(1,), fid_images=200,
+                  dropout=0.0)
+    plain, tuned = LocalRuntime(), Recording()
+    loop.train_loop(base, plain)
+    assert compiled == []
+    loop.train_loop(dataclasses.replace(base, channels_last=True, amp=True, compile=True), tuned)
+    assert len(compiled) == 2 and compiled == tuned.models  # G and D, as the runtime prepared them
+    for model in tuned.models:
+        weights = [p for p in model.parameters() if p.ndim == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert tuned.finals[0]["bf16"] == native_bf16("cpu") and plain.finals[0]["bf16"] is False
+    rel = 0.05 if native_bf16("cpu") else 1e-4
+    for key in ("loss_d", "loss_g"):
+        assert tuned.steps[0][key] == pytest.approx(plain.steps[0][key], rel=rel), key
 
 
 def test_bf16_autocast_only_where_native():

@@ -33,6 +33,15 @@ def test_gda_converges_exactly_for_lr_below_a_quarter():
     assert stable_intervals(STUDY, "gda", 0.5) == [(0.0, pytest.approx(0.25, abs=1e-12))]
     # at lr = 1/8 the factor is 0: the saddle is reached in one step
     assert rows["final_distance"][lrs == 0.125][0] == 0.0
+    # "reached" asks more: within T = STUDY.steps the distance fell below reach_tol. Near the edge
+    # (|1 - 8 lr| = 0.992 at lr = 0.249, 0.9992 at 0.2499) and at lr = 1e-3 (0.992) the run contracts
+    # too slowly: sqrt(2) * 0.992^T > 1e-6 for T = 1000
+    factor = np.abs(1 - 8 * lrs)
+    with np.errstate(over="ignore"):  # diverging factors overflow to inf: not reached
+        expected = np.sqrt(2) * factor ** STUDY.steps < STUDY.reach_tol
+    assert rows["reached"].tolist() == expected.tolist()
+    assert rows["converged"][lrs == 0.249][0] and not rows["reached"][lrs == 0.249][0]
+    assert rows["reached"][lrs == 0.1][0] and not rows["reached"][lrs == 1e-3][0]
 
 
 def test_plain_gd_diverges_in_y_for_every_lr():

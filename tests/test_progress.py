@@ -106,7 +106,7 @@ def test_a_run_in_a_terminal_draws_a_bar_and_shows_no_ray_notices(tmp_path):
     out = _in_a_terminal([sys.executable, "-m", "orchestrator", "run", "minimax", "--results", str(tmp_path / "r"),
                           "--set", "num_lrs=20", "--set", "steps=100", "--no-dashboard"], env)
     assert "\r[minimax] " in out and "5/5 trials [" in out, out[-3000:]
-    assert "/100 converged" in out, out[-3000:]
+    assert "/100 reached" in out, out[-3000:]
     assert "Token authentication is enabled" not in out and "bottleneck" not in out, out[-3000:]
 
 

@@ -89,7 +89,9 @@ def test_random_draws_are_recorded_and_resume_the_same_trials(ray_session, tmp_p
     assert [json.loads(p)["b"] for p in runs["params"]] == [c.b for c in exp.trial_configs()]
     trials = pd.read_parquet(tmp_path / "minimax" / "trials.parquet")
     assert set(trials["trial_name"]) == set(runs["trial_name"]) == set(exp.trial_names())
-    assert all(name.startswith("minimax-b=") for name in runs["trial_name"])
+    # names and params say what differs from the default run: the --set values, then the sweep's
+    assert all(name.startswith("minimax-num_lrs=6,steps=40,b=") for name in runs["trial_name"])
+    assert all(json.loads(p)["num_lrs"] == 6 and json.loads(p)["steps"] == 40 for p in runs["params"])
     capsys.readouterr()
     assert main(args) == 0  # the same command draws the same trials: all of them finished
     assert "every trial of minimax" in (out := capsys.readouterr().out) and "nothing to run" in out
@@ -203,6 +205,49 @@ def test_pbt_exploits_by_copying_the_better_trials_weights(ray_session, data_dir
         assert row["lr"] != donor["lr"].iloc[0]  # ...with the donor's learning rate perturbed
     assert_every_table_reads_in_duckdb(results)
     assert_moved_results_report_and_generate(results, tmp_path / "moved")
+
+
+def test_a_resubmitted_pbt_run_resumes_its_trials_from_their_checkpoints(ray_session, data_dir, gan_cache, tmp_path):
+    """PBT's Tune checkpoints live under one experiment per study (`gan-pbt`), one folder per trial:
+    a run killed mid-way (the process group, as a lost head would) and submitted again resumes each
+    trial from its latest checkpoint, with the lr PBT had moved it to, instead of from epoch 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.chaos import descendants, kill_group
+    from tests.spot import wait_for
+
+    results = tmp_path / "results"
+    argv = ["run", "gan", "--results", str(results), "--data-dir", data_dir, "--set", f"cache_dir={gan_cache}",
+            *TINY_PBT, "--set", "epochs=8", "--set", "sample_epochs=1,2,3,4,5,6,7,8"]
+    started = time.time()
+    first = subprocess.Popen([sys.executable, "-m", "orchestrator", *argv], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+    checkpoints = lambda: {p.parent.parent.name for p in (results / "_ray" / "gan-pbt").glob("*/checkpoint_*/origin.json")
+                           if json.loads(p.read_text())["epoch"] >= 2}  # noqa: E731
+    epoch_1_rows = lambda: all((results / "gan" / "steps.parquet" / f"{a}-000001.parquet").exists()  # noqa: E731
+                               for a in checkpoints())
+    try:
+        wait_for(lambda: len(checkpoints()) == 2 and epoch_1_rows(), 300, "both trials' epoch-2 checkpoints")
+    finally:
+        for pid in [first.pid, *descendants(first.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        kill_group(first.pid, started)
+        first.wait()
+    before = pd.read_parquet(results / "gan" / "steps.parquet")
+    assert before["epoch"].max() < 8  # killed mid-run
+    assert main(argv) == 0
+    steps = pd.read_parquet(results / "gan" / "steps.parquet")
+    trials = pd.read_parquet(results / "gan" / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+    for key, own in steps.groupby("trial_key"):
+        assert sorted(own["epoch"]) == list(range(1, 9)), own[["epoch", "run_id"]]  # each epoch once
+        # epoch 1 stays the first run's row: the second run went on from a checkpoint (epoch >= 2)
+        assert own["run_id"].nunique() == 2 and (own[own["epoch"] == 1]["run_id"] == before["run_id"].iloc[0]).all()
+    assert (trials["restarts"] >= 1).all()  # the resume counts as a restart
+    assert sorted(p.name for p in (results / "_ray" / "gan-pbt").iterdir() if p.is_dir()) == sorted(trials["attempt"])
 
 
 def assert_moved_results_report_and_generate(results, moved):

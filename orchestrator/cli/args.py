@@ -11,7 +11,10 @@ from orchestrator.studies.experiments import PROFILES, studies
 from orchestrator.studies.spec import SCHEDULERS
 
 RESULTS_ENV = "ORCHESTRATOR_RESULTS"  # the default results directory (cluster.yaml: the shared storage)
-DEFAULT_RESULTS = os.environ.get(RESULTS_ENV) or "results"
+def default_results() -> str:
+    """--results when not given: $ORCHESTRATOR_RESULTS, else results (read when the CLI parses)."""
+    return os.environ.get(RESULTS_ENV) or "results"
+
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _results_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
-                        help=f"results directory (default: ${RESULTS_ENV}, else results; now: {DEFAULT_RESULTS})")
+    parser.add_argument("--results", default=default_results(), metavar="DIR",
+                        help=f"results directory (default: ${RESULTS_ENV}, else results; now: {default_results()})")
 
 
 def _add_run(sub) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator import progress
 from orchestrator.cli import interrupts
-from orchestrator.cli.args import DEFAULT_RESULTS
+from orchestrator.cli.args import default_results
 from orchestrator.results.provenance import code_version
 from orchestrator.results.runlock import LockHeld, RunLock
 from orchestrator.results.store import DONE, FINISHED, STOPPED, ResultStore, StoreError
@@ -103,7 +103,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     progress.say(f"\nrun {run_id} ({args.profile}):")
     for study, text in summary:
         progress.say(f"  {study:<{width}}  {text}")
-    where = "" if str(store.root) == DEFAULT_RESULTS else f" --results {store.root}"
+    where = "" if str(store.root) == default_results() else f" --results {store.root}"
     progress.say(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report{where}")
     return 1 if failed else 0
 
@@ -111,8 +111,9 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
 def _spec_frame(exp: Experiment, keys: list[str], done: pd.DataFrame, run_id: str, profile: str) -> pd.DataFrame:
     """One row per trial of this run's spec (the `runs` table)."""
     kept = set(done["trial_key"]) if len(done) else set()
-    # params: what the sweep set for each trial (random draws included), as JSON: the record of the draws
-    params = [json.dumps(o, default=str, sort_keys=True) for o, _ in exp.trial_points()]
+    # params: what --set and the sweep set for each trial (random draws included), as JSON: the record
+    # of how the run differs from the profile, and of the draws
+    params = [json.dumps({**exp.set_values(c, o), **o}, default=str, sort_keys=True) for o, c in exp.trial_points()]
     return pd.DataFrame({"run_id": run_id, "study": exp.study, "profile": profile, "trial_index": range(len(keys)),
                          "trial_key": keys, "trial_name": exp.trial_names(), "params": params, "scheduler": exp.scheduler,
                          "kept": [k in kept for k in keys], "code_version": code_version(), "started_at": time.time()})
@@ -139,9 +140,10 @@ def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
     if workload.headline_count:
         headline = f"{int(ok[workload.headline_count].astype(bool).sum())}/{len(ok)} {workload.headline_count}"
     else:
-        best = ok[workload.metric].min() if workload.mode == "min" else ok[workload.metric].max()
         # one trial's value: `report` gives each configuration's mean ± std over its seeds
-        headline = f"best trial's {workload.metric} ({'lowest' if workload.mode == 'min' else 'highest'}) = {best:.4g}"
+        best = workload.best(ok)
+        chosen = f" by {workload.selection[0]}" if workload.selection else ""
+        headline = "no finished trial" if best is None else f"best trial{chosen}: {workload.metric} = {best[workload.metric]:.4g}"
     stopped = int((trials["status"] == STOPPED).sum())
     early = f" ({stopped} stopped early by {exp.scheduler})" if stopped else ""
     return exp.study, f"{f'{len(ok)}/{len(trials)} rows ok{early}':<20} {headline:<42} {seconds:>5.0f} s"

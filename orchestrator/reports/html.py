@@ -65,9 +65,11 @@ def _img(path: Path, caption: str = "", photo: bool = False) -> str:
 
 # what a column means, shown when the pointer rests on its header (and listed under the table)
 GLOSSARY = {
-    "measured": "learning rates at which the run converged to the saddle", "analytic": "where the update's "
-    "spectral radius is below 1", "grid points": "learning rates tried", "converged": "rows that reached the saddle",
-    "disagree": "grid points where measured and analytic differ",
+    "measured": "learning rates at which the run reached the saddle (distance < reach_tol) within T steps",
+    "analytic": "where the update's spectral radius is below 1", "grid points": "learning rates tried",
+    "converged": "rows contracting towards the saddle (measured rate < 1), however slowly",
+    "reached": "rows whose distance to the saddle fell below reach_tol within T steps",
+    "disagree": "grid points where reaching and the analytic verdict differ",
     "fid": "Fréchet distance of generated to real test images in the FashionMNIST classifier's features (lower is better)",
     "class_coverage": "share of the 10 classes the classifier finds among generated images",
     "class_entropy": "entropy of those classes, normalised (1: all equally often)",
@@ -113,26 +115,29 @@ def _table(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
 def _minimax(trials: pd.DataFrame) -> tuple[str, str]:
     ranges = report.minimax_ranges(trials)
     agree = int((ranges["grid points"] - ranges["disagree"]).sum())
-    widest = ranges.loc[ranges["converged"].idxmax()]
-    never = ", ".join(ranges.loc[ranges["converged"] == 0, "algorithm"]) or "none"
-    key = (f"The measured stable learning rates match the analytic ones (spectral radius below 1) at {agree} of "
-           f"{int(ranges['grid points'].sum())} grid points; {widest['algorithm']} converges on the widest range "
-           f"({widest['measured']}), and {never} converge{'s' if ',' not in never and never != 'none' else ''} "
-           "at no learning rate.")
+    widest = ranges.loc[ranges["reached"].idxmax()]
+    never = ", ".join(ranges.loc[ranges["reached"] == 0, "algorithm"]) or "none"
+    key = (f"The learning rates at which runs reach the saddle within T steps match the analytic stable ones "
+           f"(spectral radius below 1) at {agree} of {int(ranges['grid points'].sum())} grid points; "
+           f"{widest['algorithm']} reaches it on the widest range ({widest['measured']}), and {never} "
+           f"reach{'es' if ',' not in never and never != 'none' else ''} it at no learning rate.")
     return key, _table(ranges)
 
 
 def _gan(trials: pd.DataFrame) -> tuple[str, str]:
-    best = trials.sort_values("fid").iloc[0]
+    best = WORKLOADS["gan"].best(trials)
+    best = trials.sort_values("fid").iloc[0] if best is None else best  # rows older than val_fid
     name = best.get("trial_name", best["trial_key"])
     seeds = report.gan_over_seeds(trials)
-    key = (f"{html.escape(str(name))}: FID {best['fid']:.0f} after {int(best['epochs_done'])} epochs (lower is better; "
-           f"the classifier's features, comparable within this machine's runs), "
-           f"{best['class_coverage']:.0%} of the 10 classes covered.")
-    columns = [c for c in ("trial_name", "lr", "beta1", "epochs_done", "fid", "class_coverage", "class_entropy", "d_x",
-                           "d_g_z", "images_per_s", "wall_time_s") if c in trials]
+    counts = report.fid_counts(trials)
+    key = (f"{html.escape(str(name))} (chosen by val_fid on the selection half of the test images): FID "
+           f"{best['fid']:.0f} on the held-out half after {int(best['epochs_done'])} epochs (lower is better; "
+           f"the classifier's features, comparable within this machine's runs and equal fid_images), "
+           f"{best['class_coverage']:.0%} of the 10 classes covered." + (f" {counts}" if counts else ""))
+    columns = [c for c in ("trial_name", "lr", "beta1", "epochs_done", "fid_images", "val_fid", "fid", "class_coverage",
+                           "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s") if c in trials]
     extra = f"<pre>{html.escape(chr(10).join(seeds))}</pre>" if seeds else ""
-    return key, _table(trials[columns], {"fid": 0, "class_coverage": 2, "class_entropy": 2, "d_x": 2, "d_g_z": 2,
+    return key, _table(trials[columns], {"val_fid": 0, "fid": 0, "class_coverage": 2, "class_entropy": 2, "d_x": 2, "d_g_z": 2,
                                          "images_per_s": 0, "wall_time_s": 0}) + extra
 
 
@@ -166,10 +171,11 @@ def _runs(trials: pd.DataFrame, study: str) -> str:
         frame[count] = trials[count].astype(bool) & ok
         runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"), **{count: (count, "sum")})
     else:
-        frame["metric"] = trials[workload.metric].where(ok) if workload.metric in trials else float("nan")
-        runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"),
-                                        best=("metric", "min" if workload.mode == "min" else "max"))
-        runs = runs.rename(columns={"best": f"best {workload.metric}"})
+        runs = frame.groupby("run").agg(rows=("ok", "size"), finished=("ok", "sum"))
+        label = f"{workload.metric} of the best" + (f" by {workload.selection[0]}" if workload.selection else "")
+        chosen = {run: workload.best(group[ok.loc[group.index]]) for run, group in trials.groupby("run_id")}
+        runs[label] = [float("nan") if chosen.get(run) is None or workload.metric not in trials
+                       else chosen[run][workload.metric] for run in runs.index]
     return _table(runs.reset_index())
 
 

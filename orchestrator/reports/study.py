@@ -87,8 +87,10 @@ def _grid_ranges(lrs: np.ndarray, ok: np.ndarray) -> str:
 
 
 def minimax_ranges(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per algorithm: the stable learning rates measured on the grid, the analytic ones (spectral
-    radius < 1), and at how many grid points the two disagree."""
+    """Per algorithm: the learning rates at which the runs reached the saddle within T steps (rows of
+    older versions, without `reached`: those that converged), the analytic stable ones (spectral
+    radius < 1), how many grid points converged (rate < 1) and reached, and at how many grid points
+    reaching and the analytic verdict disagree (near an edge: contracting, too slowly for T)."""
     from workloads import minimax
 
     games = _game_columns(trials)
@@ -99,12 +101,14 @@ def minimax_ranges(trials: pd.DataFrame) -> pd.DataFrame:
         cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
         for algorithm in [a for a in minimax.ALGORITHMS if a in set(rows_of_game["algorithm"])]:
             sub = rows_of_game[rows_of_game["algorithm"] == algorithm].sort_values("lr")
-            lrs, ok = sub["lr"].to_numpy(), sub["converged"].to_numpy(bool)
+            reached = sub["reached"] if "reached" in sub and sub["reached"].notna().all() else sub["converged"]
+            lrs, ok = sub["lr"].to_numpy(), reached.to_numpy(bool)
             agree = (sub["spectral_radius"].to_numpy() < 1) == ok
             row = {"game": " ".join(f"{k}={v:g}" for k, v in zip(games, game))} if several else {}
             rows.append({**row, "algorithm": algorithm, "measured": _grid_ranges(lrs, ok),
                          "analytic": _interval_text(minimax.stable_intervals(cfg, algorithm, float(lrs.max()))),
-                         "grid points": len(sub), "converged": int(ok.sum()), "disagree": int((~agree).sum())})
+                         "grid points": len(sub), "converged": int(sub["converged"].to_numpy(bool).sum()),
+                         "reached": int(ok.sum()), "disagree": int((~agree).sum())})
     return pd.DataFrame(rows)
 
 
@@ -122,14 +126,16 @@ def minimax_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> t
     lines = [
         f"f = {cfg.a:g} x^2 {cfg.b:+g} xy {cfg.c:+g} y^2, saddle {cfg.saddle()}, "
         f"start ({first['x0']:g}, {first['y0']:g}), T = {int(first['steps'])}",
-        f"{'algorithm':<14} {'stable lrs on the grid (measured)':<40} stable lrs (analytic, rho < 1)",
+        f"{'algorithm':<14} {'lrs reaching the saddle in T steps':<40} stable lrs (analytic, rho < 1)",
     ]
     ranges = minimax_ranges(trials)
     for row in ranges.to_dict("records"):
         lines.append(f"{row['algorithm']:<14} {row['measured']:<40} {row['analytic']}"
                      + (f"   [{row['game']}]" if "game" in row else ""))
         if row["disagree"]:
-            lines.append(f"{'':<14} measured and analytic disagree at {row['disagree']} grid points")
+            slow = row["converged"] - row["reached"]  # contracting, too slowly to get there within T
+            lines.append(f"{'':<14} reaching and analytic disagree at {row['disagree']} grid points"
+                         + (f" ({slow} contracting but not there after T steps)" if slow > 0 else ""))
     if "game" in ranges:
         lines.append(f"{ranges['game'].nunique()} games (a sweep over their settings): each range is read within its "
                      "game; the plots show the first")
@@ -154,6 +160,8 @@ def _pyplot():
 
 def _convergence_map(trials: pd.DataFrame, algorithms: list[str], path: Path) -> Path:
     """One band per algorithm, colour = log10 distance to the saddle after T steps."""
+    from workloads import minimax
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 1 + 0.6 * len(algorithms)))
     for row, algorithm in enumerate(algorithms):
@@ -164,10 +172,14 @@ def _convergence_map(trials: pd.DataFrame, algorithms: list[str], path: Path) ->
         # diverged lanes stopped early: show them at the divergence threshold, not below it
         dist = np.where(sub["diverged"].to_numpy(bool), np.log10(sub["diverge_above"].to_numpy(float)), dist)
         mesh = ax.pcolormesh(edges, [row - 0.5, row + 0.5], dist[None, :], cmap="RdBu_r", vmin=-20, vmax=12, shading="flat")
+        first = sub.iloc[0]  # the analytic boundary beside the measured colours: spectral radius = 1
+        cfg = minimax.Config(a=float(first["a"]), b=float(first["b"]), c=float(first["c"]), lrs=(1.0,))
+        for lo, hi in minimax.stable_intervals(cfg, algorithm, float(lrs.max())):
+            ax.vlines([e for e in (lo, hi) if lrs[0] < e < lrs[-1]], row - 0.5, row + 0.5, colors="k", linewidths=1.5)
     ax.set_xscale("log")
     ax.set_yticks(range(len(algorithms)), algorithms)
     ax.set_xlabel("learning rate")
-    ax.set_title(f"log10 distance to the saddle after {int(trials.iloc[0]['steps'])} steps (blue: converged, red: diverged)")
+    ax.set_title(f"log10 distance to the saddle after {int(trials.iloc[0]['steps'])} steps (blue: reached, red: diverged; black: analytic edge, spectral radius 1)")
     fig.colorbar(mesh, ax=ax, label="log10 distance")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -247,8 +259,13 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
     path = out_dir / f"curves-{run_id}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    lines = [_table(trials, ["trial_name" if "trial_name" in trials else "trial_key", "lr", "beta1", "epochs_done", "fid",
-                             "class_coverage", "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s"])]
+    columns = ["trial_name" if "trial_name" in trials else "trial_key", "lr", "beta1", "epochs_done", "fid_images",
+               "val_fid", "fid", "class_coverage", "class_entropy", "d_x", "d_g_z", "images_per_s", "wall_time_s"]
+    lines = [_table(trials, [c for c in columns if c in trials]),
+             "val_fid: FID against the first half of the test images (selects: ASHA, PBT, the best trial); fid: "
+             "against the second half, never used to select (the number to report)"]
+    if fid_counts(trials):
+        lines.append(fid_counts(trials))
     lines += gan_over_seeds(trials)
     images = [path]
     for generator in trials.get("generator_path", pd.Series(dtype=str)).dropna():
@@ -257,6 +274,16 @@ def gan_report(store: ResultStore, trials: pd.DataFrame, out_dir: Path) -> tuple
         images += sorted(samples.glob("epoch_*.png"))
     lines.append(f"plot: {path}")
     return "\n".join(lines), images
+
+
+def fid_counts(trials: pd.DataFrame) -> str:
+    """A warning where the trials' FIDs come from different sample counts (FID is biased by the
+    count: fewer samples, higher FID), which must not be ranked side by side; "" otherwise."""
+    if "fid_images" not in trials or trials["fid_images"].nunique() < 2:
+        return ""
+    counts = ", ".join(str(int(n)) for n in sorted(trials["fid_images"].dropna().unique()))
+    return (f"not comparable across rows: FIDs from different sample counts (fid_images {counts}); "
+            "compare only trials of one fid_images (over seeds: grouped by it below)")
 
 
 def gan_over_seeds(trials: pd.DataFrame) -> list[str]:

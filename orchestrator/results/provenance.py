@@ -14,7 +14,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: orchestrator/results/provenance.py -> ../..
 VERSION_ENV = "ORCHESTRATOR_CODE_VERSION"
 
 

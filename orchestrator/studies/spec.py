@@ -90,6 +90,7 @@ class Experiment:
     sweep: Callable[[Any], list[dict]] | None = None
     seeds: int = 1  # each configuration of the sweep runs with seeds seed, seed+1, ... (the config's `seed`)
     scheduler: str = "fifo"  # Tune's trial scheduler: fifo (every trial to its end), asha (early stopping), pbt
+    changed: tuple[str, ...] = ()  # config fields --set moved off the profile's values (trial names show them)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -117,8 +118,14 @@ class Experiment:
         """Readable names, e.g. `gan-lr=0.0002,beta1=0.5` (`,seed=43` with several seeds); names that
         rounding makes equal (lr=1e-4 and 1.00001e-4) get their trial key's start: names stay unique."""
         points = self.trial_points()
-        names = [sweeps.trial_name(self.study, o, c.seed if self.seeds > 1 else None) for o, c in points]
+        names = [sweeps.trial_name(self.study, {**self.set_values(c, o), **o}, c.seed if self.seeds > 1 else None)
+                 for o, c in points]
         return [f"{n}#{trial_key(c)[:6]}" if names.count(n) > 1 else n for n, (_, c) in zip(names, points)]
+
+    def set_values(self, config: Any, swept: dict | None = None) -> dict:
+        """The --set values of a trial's config that differ from the profile's (its sweep's aside): what
+        its name and the runs table show of how this run differs from the default one."""
+        return {k: getattr(config, k) for k in self.changed if k not in (swept or {})}
 
     def with_sweep(self, axes: dict[str, str], samples: int | None = None, sample_seed: int = 0) -> "Experiment":
         """`--sweep` axes (grids and random ones, see sweeps.py) -> the trials, replacing the profile's
@@ -166,11 +173,10 @@ class Experiment:
             except SpecError as exc:
                 raise SpecError(f"{self.study}: {exc}") from None
         try:
-            return dataclasses.replace(
-                self,
-                config=dataclasses.replace(self.config, **cfg_changes),
-                scaling=dataclasses.replace(self.scaling, **scale_changes),
-            )
+            config = dataclasses.replace(self.config, **cfg_changes)
+            moved = [k for k in cfg_changes if k not in LOCAL_FIELDS and getattr(config, k) != getattr(self.config, k)]
+            return dataclasses.replace(self, config=config, scaling=dataclasses.replace(self.scaling, **scale_changes),
+                                       changed=tuple(dict.fromkeys([*self.changed, *moved])))
         except (ValueError, TypeError) as exc:
             raise SpecError(f"{self.study}: {exc}") from None
 

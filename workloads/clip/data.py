@@ -80,6 +80,16 @@ def load_splits(cfg) -> tuple[Split, Split | None, Split]:
     return out["train"], out["val"], out["test"]
 
 
+def check_images(splits, show: int = 3) -> None:
+    """Every image the chosen splits name is a file (a stat each: ~0.1 s for Flickr8k's 5000), so a
+    missing JPEG fails before Ray starts, not minutes later on a GPU node."""
+    missing = [split.root / name for split in splits if split is not None for name in split.images
+               if not (split.root / name).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) named in the captions are missing, e.g. "
+                        f"{', '.join(str(p) for p in missing[:show])}")
+
+
 def image_transform(size: int, mean: tuple, std: tuple):
     from torchvision import transforms
 

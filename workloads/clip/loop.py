@@ -216,10 +216,22 @@ class _Training:
         return {k: v.detach().cpu().clone() for k, v in unwrap(self.model).state_dict().items()
                 if not k.startswith(self.frozen)}
 
+    def load_trainable(self, saved: dict) -> None:
+        """Load what trainable() saved: whole, or the trial fails with one line. Missing may be only the
+        frozen encoders (deliberately not saved); a checkpoint of other code never loads in part."""
+        result = unwrap(self.model).load_state_dict(saved, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(self.frozen)]  # frozen: () when none
+        if missing or result.unexpected_keys:
+            what = (f"missing {len(missing)} ({', '.join(missing[:3])}...)" if missing else "") + \
+                   (f" unexpected {len(result.unexpected_keys)} ({', '.join(result.unexpected_keys[:3])}...)"
+                    if result.unexpected_keys else "")
+            raise RuntimeError(f"the checkpoint does not fit this CLIP model ({what.strip()}): it was saved by "
+                               "other code or another config; rerun with --fresh")
+
     def restore(self) -> None:
         state = self.state = self.runtime.restore()
         if state is not None:
-            unwrap(self.model).load_state_dict(state["model"], strict=False)
+            self.load_trainable(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             self.start_epoch = state["epoch"] + 1
             self.best = state.get("best", self.best)
@@ -300,7 +312,7 @@ class _Training:
         """Rank 0: the chosen epoch's row (its loss, its val_ metrics) with its test metrics, and the prompts' rows."""
         config, test, best = self.config, self.test, self.best
         if best["model"] is not None:  # the epoch validation chose
-            unwrap(self.model).load_state_dict(best["model"], strict=False)
+            self.load_trainable(best["model"])
         selected = best["epoch"] if best["model"] is not None else config.epochs
         retrieval, embeddings = evaluate(self.model, self.tokenizer, config, test, self.normalise, self.device,
                                          self.feats.get("test"))
@@ -386,6 +398,6 @@ def preflight(config: Config, say=None) -> None:
     """Before Ray starts: transformers can build the text model here (on the meta device), the data
     is readable and the encoders and tokenizer can be built offline (quick: nothing to say)."""
     encoders.check_text_model(config.text_model, config.text_layers, config.text_width)
-    data.load_splits(config)
+    data.check_images(data.load_splits(config))
     encoders.check_available(config.image_model, config.text_model, config.pretrained)
     encoders.build_tokenizer(config.text_model, config.tokenizer)

@@ -18,7 +18,7 @@ class Config:
     leak: float = 0.3  # LeakyReLU slope, both networks
     dropout: float = 0.3  # discriminator dropout
     train_images: int = 0  # use the first N training images (0: all 60000)
-    fid_images: int = 2000  # generated and test images compared by the FID
+    fid_images: int = 2000  # generated images per FID, and test images of each reference half (<= 5000)
     data_dir: str = ""  # folder holding FashionMNIST/ ("" -> $ORCHESTRATOR_DATA_DIR, else download)
     cache_dir: str = ""  # extracted data and the cached FID classifier ("" -> ~/.cache/orchestrator)
     channels_last: bool = False  # G, D and batches in NHWC (cuDNN's fast conv layout); measure before turning on
@@ -36,6 +36,8 @@ class Config:
         for name in ("beta1", "beta2", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.fid_images > 5000:  # quality.HALF: each FID's reference is one half of the 10000 test images
+            raise ValueError(f"fid_images must be <= 5000 (each half of the FashionMNIST test split), got {self.fid_images}")
         if self.train_images < 0:
             raise ValueError(f"train_images must be >= 0, got {self.train_images}")
         if any(e <= 0 for e in self.sample_epochs):

@@ -32,17 +32,19 @@ def locate(data_dir: str, cache_dir: str = "", say=None) -> Path:
     """The torchvision root holding extracted `FashionMNIST/raw/*`; extracts from a local copy if needed."""
     cache = cache_root(cache_dir)
     raw = cache / "FashionMNIST" / "raw"
-    if all((raw / f).exists() for f in FILES):
-        return cache
     root = data_root(data_dir)
-    if root is None:
-        return _download(cache)
-    source = _source_dir(root)
-    if source is None:
+    # a data folder that was named is checked even when the cache already holds the data: a typo
+    # must not train for minutes on whatever an earlier run extracted
+    source = _source_dir(root) if root is not None else None
+    if root is not None and source is None:
         raise DataError(
             f"FashionMNIST not found in {root} (looked in {root}/FashionMNIST/raw, {root}/raw and {root} for "
             f"{FILES[0]}[.gz] and its 3 siblings): point --data-dir or {DATA_ENV} at a folder holding them"
         )
+    if all((raw / f).exists() for f in FILES):
+        return cache
+    if root is None:
+        return _download(cache)
     raw.mkdir(parents=True, exist_ok=True)
     if say:
         say(f"extracting FashionMNIST from {source} into {raw} (once for this cache)")

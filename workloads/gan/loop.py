@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from workloads.common import bf16_autocast, save_grid, uses_bf16
+from workloads.common import atomic_path, bf16_autocast, save_grid, uses_bf16
 from workloads.gan import data, quality
 from workloads.gan.config import Config
 from workloads.gan.models import Discriminator, Generator, init_weights
@@ -216,6 +216,7 @@ class _Training:
                 metrics.update(self.scorer.score(sample(self.g, config.fid_images, config.latent_dim, config.seed + 1,
                                                         self.device)))
                 self.writer.add_scalar("Quality/FID", metrics["fid"], self.step)
+                self.writer.add_scalar("Quality/val_FID", metrics["val_fid"], self.step)
             self.writer.flush()
             checkpoint = self.state_dict(epoch, rng_by_rank, metrics)
         self.runtime.report(metrics, checkpoint=checkpoint)
@@ -223,8 +224,9 @@ class _Training:
 
     def final_row(self) -> dict:
         """Rank 0: the weights, then the trial's row (its last epoch's metrics and what ran it)."""
-        torch.save(unwrap(self.g).state_dict(), self.out_dir / "generator.pt")
-        torch.save(unwrap(self.d).state_dict(), self.out_dir / "discriminator.pt")
+        for name, model in (("generator.pt", self.g), ("discriminator.pt", self.d)):
+            with atomic_path(self.out_dir / name) as tmp:  # `generate` never loads a torn file
+                torch.save(unwrap(model).state_dict(), tmp)
         self.writer.close()
         final = {k: v for k, v in self.last.items() if k not in ("epoch_time_s", "wall_time_s")}
         final.update(
@@ -232,6 +234,7 @@ class _Training:
             resumed_from_epoch=self.state["epoch"] if self.state else 0, epochs_done=self.config.epochs,
             generator_path=str(self.out_dir / "generator.pt"), classifier_accuracy=self.scorer.accuracy,
             classifier_digest=self.scorer.digest, world_size=self.runtime.world_size,
+            **quality.references(self.config.fid_images),
             bf16=uses_bf16(self.device, self.config.amp),
             generator_params=sum(p.numel() for p in self.g.parameters()),
             discriminator_params=sum(p.numel() for p in self.d.parameters()),

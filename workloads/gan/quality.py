@@ -131,16 +131,34 @@ def class_coverage(predictions: np.ndarray, classes: int = 10) -> tuple[float, f
     return coverage, max(0.0, float(-(nonzero * np.log(nonzero)).sum() / np.log(classes)))  # no -0.0
 
 
+# FashionMNIST's 10000 test images, split in two: the first half is the reference of `val_fid`, which
+# selects (ASHA, PBT, the best trial); the second half is the reference of `fid`, the reported number,
+# which never selects anything. Each FID compares n generated images with n images of its half.
+HALF = 5000
+
+
+def references(n_images: int) -> dict[str, str]:
+    """Which test images each FID's statistics come from (columns of the trial row)."""
+    return {"val_fid_reference": f"FashionMNIST test[0:{n_images}]",
+            "fid_reference": f"FashionMNIST test[{HALF}:{HALF + n_images}]"}
+
+
 class Scorer:
-    """Holds the classifier and the test-set statistics; scores batches of generated images."""
+    """Holds the classifier and the two reference sets' features; scores batches of generated images."""
 
     def __init__(self, data_dir: str, cache_dir: str, n_images: int) -> None:
+        if not 0 < n_images <= HALF:
+            raise ValueError(f"fid_images must be in 1..{HALF} (each half of the FashionMNIST test split), got {n_images}")
         self.model, self.accuracy = load_classifier(data_dir, cache_dir)
         self.digest = classifier_digest(cache_dir)
-        test_images, _ = data.load(data_dir, cache_dir, train=False, limit=n_images)
-        self.reference, _ = features(self.model, test_images)
+        test_images, _ = data.load(data_dir, cache_dir, train=False)
+        self.selection, _ = features(self.model, test_images[:n_images])
+        self.reference, _ = features(self.model, test_images[HALF:HALF + n_images])
 
     def score(self, images: torch.Tensor) -> dict[str, float]:
+        """val_fid (selection half), fid (held-out half) and class coverage of one batch of samples. FID
+        is biased by the sample count: compare only FIDs of equal fid_images (rows record it)."""
         feats, preds = features(self.model, images)
         coverage, entropy = class_coverage(preds)
-        return {"fid": frechet_distance(feats, self.reference), "class_coverage": coverage, "class_entropy": entropy}
+        return {"val_fid": frechet_distance(feats, self.selection), "fid": frechet_distance(feats, self.reference),
+                "class_coverage": coverage, "class_entropy": entropy}
