@@ -74,6 +74,7 @@ def kill_group(pgid: int, since: float) -> None:
 class ChaosLog:
     interruptions: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds into the attempt)
     attempts: list[int] = field(default_factory=list)  # exit codes
+    kinds: list[list[str]] = field(default_factory=list)  # per attempt: the interruptions it got, in order
     hung: int = 0  # SIGINT/SIGTERM that did not end the run within grace_s
     seconds: float = 0.0
 
@@ -93,6 +94,7 @@ def run_with_chaos(cmd: list[str], env: dict, cwd: Path, interruptions: int, see
         with open(log_dir / f"attempt-{attempt:02d}.log", "w") as out:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
         t0 = time.perf_counter()
+        log.kinds.append([])
         try:
             while plan and proc.poll() is None:
                 kind = plan[0]
@@ -118,6 +120,7 @@ def run_with_chaos(cmd: list[str], env: dict, cwd: Path, interruptions: int, see
                     os.kill(rng.choice(workers), signal.SIGKILL)
                 plan.pop(0)
                 log.interruptions.append((kind, at))
+                log.kinds[-1].append(kind)
                 say(f"chaos: attempt {attempt}: {kind} at {at:.1f} s")
                 if kind in ("sigint", "sigterm"):
                     try:
@@ -135,6 +138,16 @@ def run_with_chaos(cmd: list[str], env: dict, cwd: Path, interruptions: int, see
             break
     log.seconds = time.perf_counter() - started
     return log
+
+
+# what an attempt must exit with after its last interruption of these kinds (a killed Train worker is
+# retried within max_failures: the attempt goes on, and ends 0 unless something else stops it)
+EXPECTED_EXIT = {"sigint": 130, "sigterm": 130, "sigkill-group": -9}
+
+
+def expected_exit(kinds: list[str]) -> int:
+    ending = [EXPECTED_EXIT[k] for k in kinds if k in EXPECTED_EXIT]
+    return ending[-1] if ending else 0
 
 
 def read_parts(table_dir: Path) -> tuple[pd.DataFrame, list[str]]:

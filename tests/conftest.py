@@ -12,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instea
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves os.environ as it found it: in-process runs set WANDB_MODE, MLFLOW_*, TUNE_*,
+    RAY_* (setdefault), which would otherwise reach every later test (and make results depend on order).
+    Session fixtures (Ray) are set up before this snapshot, so their settings stay."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

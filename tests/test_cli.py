@@ -42,10 +42,11 @@ def test_steps_table_holds_distance_curves(finished_run):
 
 
 def test_runs_accumulate_and_report_writes_plots(finished_run, capsys):
+    before = pd.read_parquet(finished_run / "minimax" / "trials.parquet")  # whatever other tests of the module added
     assert main(["run", "minimax", "--results", str(finished_run), "--set", "num_lrs=10", "--set", "steps=50"]) == 0
     trials = pd.read_parquet(finished_run / "minimax" / "trials.parquet")
-    assert trials["run_id"].nunique() == 2 and len(trials) == 5 * 40 + 5 * 10
-    first = sorted(trials["run_id"].unique())[0]
+    assert trials["run_id"].nunique() == before["run_id"].nunique() + 1 and len(trials) == len(before) + 5 * 10
+    first = sorted(trials["run_id"].unique())[0]  # the fixture's run
     capsys.readouterr()
     assert main(["report", "minimax", "--results", str(finished_run), "--run", first]) == 0
     out = capsys.readouterr().out

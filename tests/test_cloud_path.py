@@ -144,7 +144,12 @@ def test_the_cluster_named_by_ray_address_is_joined(tmp_path, capsys, monkeypatc
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def test_preflight_checks_every_trial_of_the_grid_before_ray_starts(data_dir, tmp_path, capsys):
+def test_preflight_checks_every_trial_of_the_grid_before_ray_starts(data_dir, tmp_path, capsys, monkeypatch):
+    # an empty Hugging Face cache, whatever this machine's holds: the BERT-family tokenizers fall back to
+    # the offline MiniLM vocabulary, roberta-base has none (transformers reads the hub's constant per call)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     subset = ["--set", "dataset=flickr8k_subset", "--set", "images_subdir=images", "--set", "captions_file=captions.csv",
               "--set", "splits_file=splits.csv"]
     started = time.perf_counter()
