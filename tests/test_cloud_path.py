@@ -53,6 +53,10 @@ def test_ddp_trials_are_strictly_packed_where_one_node_type_holds_them(monkeypat
     assert capacity.placement_strategy(paper, joined=True) == "STRICT_PACK"
     assert capacity.placement_strategy(Scaling(num_workers=8, use_gpu=True, cpus_per_worker=4), joined=True) == "PACK"
     assert capacity.placement_strategy(Scaling(num_workers=1, use_gpu=True), joined=True) == "PACK"
+    # and as many at once as fit whole on single nodes: the two 4-GPU nodes hold 2 each, the 1-GPU type none
+    # (7 if every GPU counted, and 3 would wait on nodes the trials cannot use)
+    assert capacity.max_concurrent(paper, joined=True, say=print) == 4
+    assert capacity.max_worker_slots(TYPES, 12, {"CPU": 4, "GPU": 1}, group=2) == 2 * 4
     monkeypatch.delenv(capacity.CONFIG_ENV)
     assert capacity.placement_strategy(paper, joined=False) == "PACK"
 

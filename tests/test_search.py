@@ -247,7 +247,10 @@ def test_a_resubmitted_pbt_run_resumes_its_trials_from_their_checkpoints(ray_ses
         # epoch 1 stays the first run's row: the second run went on from a checkpoint (epoch >= 2)
         assert own["run_id"].nunique() == 2 and (own[own["epoch"] == 1]["run_id"] == before["run_id"].iloc[0]).all()
     assert (trials["restarts"] >= 1).all()  # the resume counts as a restart
-    assert sorted(p.name for p in (results / "_ray" / "gan-pbt").iterdir() if p.is_dir()) == sorted(trials["attempt"])
+    folders = sorted(p.name for p in (results / "_ray" / "gan-pbt").iterdir() if p.is_dir())
+    # this run's checkpoints in fresh folders; the first run's set aside, never written over
+    assert [f for f in folders if ".before-" not in f] == sorted(trials["attempt"])
+    assert sorted(f.split(".before-")[0] for f in folders if ".before-" in f) == sorted(trials["attempt"])
 
 
 def assert_moved_results_report_and_generate(results, moved):

@@ -287,3 +287,13 @@ def test_local_node_id_address_and_deadline(tmp_path, monkeypatch):
     now = datetime(2026, 12, 2, 21, 38, 0, tzinfo=timezone.utc).timestamp()
     assert spot_notice.seconds_left("2026-12-02T21:40:00Z", now) == 120
     assert spot_notice.seconds_left("2026-12-02T21:30:00Z", now) == 1  # already past: at least 1
+
+
+def test_an_unreachable_metadata_service_is_given_up_on():
+    """Off EC2 (or with IMDS switched off) the watcher must not retry forever: '' after give_up_s."""
+    import time
+
+    metadata = spot_notice.Metadata("http://127.0.0.1:1")  # nothing listens there: refused at once
+    started = time.monotonic()
+    assert spot_notice.read_life_cycle(metadata, interval=0.05, give_up_s=0.3) == ""
+    assert time.monotonic() - started < 5

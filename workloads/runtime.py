@@ -23,7 +23,8 @@ from workloads.common import atomic_path
 TABLE_KEY = "_table"  # carried inside the metrics dict, so it survives Ray's report plumbing
 REPLAY_KEY = "_replayed"  # marks a checkpointed epoch's row reported again after a restore
 STATE_FILE = "state.pt"  # a checkpoint is a directory holding this torch file
-RESUMED_KEY = "_resumed"  # a Train run's first report after a restore: "preemption" or "failure"
+RESUMED_KEY = "_resumed"  # a Train run's first report after a restore: "preemption" or "failure"...
+RESUMED_FROM_KEY = "_resumed_from"  # ...and the checkpoint's name (a preemption counts once per noticed checkpoint)
 NO_ROW = "_no_row"  # TABLE_KEY of a report that only carries a checkpoint (a preemption's, mid-epoch)
 
 

@@ -95,12 +95,17 @@ class Metadata:
 NETWORK_ERRORS = (OSError, http.client.HTTPException)  # URLError, HTTPError, refused, reset, timeouts
 
 
-def read_life_cycle(metadata: Metadata, interval: float) -> str:
-    """'spot' or 'on-demand' (or '' where the path is missing), retrying until the service answers."""
+def read_life_cycle(metadata: Metadata, interval: float, give_up_s: float = 60.0) -> str:
+    """'spot' or 'on-demand' ('' where the path is missing, or the service never answered within
+    `give_up_s`: not an EC2 instance, or IMDS switched off), retrying while it may still come up."""
+    deadline = time.monotonic() + give_up_s
     while True:
         try:
             return (metadata.get("meta-data/instance-life-cycle") or "").strip()
         except NETWORK_ERRORS as exc:
+            if time.monotonic() >= deadline:
+                log(f"metadata service: no answer for {give_up_s:g} s ({exc!r}): giving up")
+                return ""
             log(f"metadata service: {exc!r}; retrying in {interval} s")
             time.sleep(interval)
 

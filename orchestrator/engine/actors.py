@@ -20,7 +20,8 @@ from orchestrator import progress as progress_file
 from orchestrator.results.provenance import package_version
 from orchestrator.engine.capacity import worker_resources
 from orchestrator.studies.spec import Scaling
-from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_KEY, TABLE_KEY, load_state, save_state, table_of
+from workloads.runtime import (NO_ROW, REPLAY_KEY, RESUMED_FROM_KEY, RESUMED_KEY, TABLE_KEY, load_state, save_state,
+                               table_of)
 
 REPORT_FILE = "report.json"  # a checkpoint's epoch row, next to its state file
 NOTICED_FILE = "preemption_notice"  # in a checkpoint saved after a preemption notice (see _mark_noticed)
@@ -177,8 +178,11 @@ class _TrainRuntime:
             replay = Path(directory) / REPORT_FILE
             payload = json.loads(replay.read_text()) if replay.exists() else None
             noticed = (Path(directory) / NOTICED_FILE).exists()
+        # a second notice before the next epoch ends saves a checkpoint that must carry this row too
+        self.last_row = {k: v for k, v in payload.items() if k not in (REPLAY_KEY, RESUMED_KEY, RESUMED_FROM_KEY)} \
+            if payload else None
         # the driver counts resumes, and those from a preemption's checkpoint (mid-epoch: `position`)
-        resumed = {RESUMED_KEY: "preemption" if noticed else "failure"}
+        resumed = {RESUMED_KEY: "preemption" if noticed else "failure", RESUMED_FROM_KEY: Path(checkpoint.path).name}
         if payload is not None:
             # Train registers a checkpoint before the driver writes that epoch's row: a driver killed
             # in between would lose the row for good, since the resumed run starts after this epoch.

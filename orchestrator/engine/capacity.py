@@ -51,11 +51,13 @@ def worker_slots(resources: dict, need: dict) -> int:
     return min(counts) if counts else 0
 
 
-def max_worker_slots(types: list[NodeType], max_workers: int, need: dict) -> int:
+def max_worker_slots(types: list[NodeType], max_workers: int, need: dict, group: int = 1) -> int:
     """Workers the cluster could host at its largest: the head, plus up to `max_workers` worker
-    nodes of the types that host the most such workers each."""
-    total = sum(worker_slots(t.resources, need) for t in types if t.head)
-    per_node = sorted(((worker_slots(t.resources, need), t.max_workers) for t in types if not t.head), reverse=True)
+    nodes of the types that host the most such workers each. `group` > 1: workers come in groups that
+    must share one node (a STRICT_PACK trial's): a node counts only whole groups."""
+    whole = lambda t: worker_slots(t.resources, need) // group * group  # noqa: E731
+    total = sum(whole(t) for t in types if t.head)
+    per_node = sorted(((whole(t), t.max_workers) for t in types if not t.head), reverse=True)
     left = max_workers
     for slots, count in per_node:
         take = min(count, left)
@@ -121,7 +123,9 @@ def max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -
     known = cluster_node_types(joined)
     if known is not None:
         types, max_workers = known
-        fits = max_worker_slots(types, max_workers, need) // scaling.num_workers
+        # a STRICT_PACK trial's workers share a node: a 1-GPU type holds none of a 2-worker GPU trial
+        group = scaling.num_workers if placement_strategy(scaling, joined) == "STRICT_PACK" else 1
+        fits = max_worker_slots(types, max_workers, need, group) // scaling.num_workers
         if fits < 1:
             shapes = "; ".join(f"{t.name}: " + ", ".join(f"{v:g} {k}" for k, v in t.resources.items()) for t in types)
             raise BackendError(f"one trial needs {_need_text(scaling)}, and no node type of this cluster can ever "

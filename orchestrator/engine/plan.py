@@ -40,6 +40,7 @@ class TrialPlan:
     artifact_dirs: list[str]  # absolute: actors run in other directories, on other nodes
     storage: str  # Ray's storage: Tune's experiment folders, Train runs and their checkpoints
     total: int  # the experiment's trials, kept ones included
+    _earlier: list | None = None  # earlier_checkpoints(), once found
     version: str = dataclasses.field(default_factory=code_version)
 
     @classmethod
@@ -77,13 +78,18 @@ class TrialPlan:
         return self.attempts[index] if self.pbt else trial_id
 
     def earlier_checkpoints(self) -> list[str | None]:
-        """Under PBT, each trial's latest Tune checkpoint from an earlier run (None: start afresh)."""
-        from orchestrator.engine.tune_trial import latest_checkpoint
+        """Under PBT, each trial's latest Tune checkpoint from an earlier run (None: start afresh). Found
+        once, before the run: the earlier runs' folders are set aside first, so that this run's Tune
+        (which numbers checkpoints from 0 again) writes fresh folders and never over one of them."""
+        from orchestrator.engine import tune_trial
 
         if not self.pbt:
             return [None] * len(self.configs)
-        experiment = Path(self.storage) / self.experiment_name
-        return [latest_checkpoint(experiment / attempt) for attempt in self.attempts]
+        if self._earlier is None:
+            experiment = Path(self.storage) / self.experiment_name
+            self._earlier = [tune_trial.latest_checkpoint(tune_trial.set_aside(experiment, attempt, self.run_id), attempt)
+                             for attempt in self.attempts]
+        return self._earlier
 
     def held(self) -> tuple[float, float]:
         """(CPUs, GPUs) one trial holds while it runs: every Train worker's share (the driver holds
@@ -128,6 +134,10 @@ class TrialPlan:
 
         def point(index: int) -> dict:
             perturbed = {f: getattr(self.configs[index], f) for f in self.workload.pbt} if self.pbt else {}
+            if self.pbt and self.earlier_checkpoints()[index]:  # where PBT had moved it: Tune holds those values
+                from orchestrator.engine.tune_trial import origin_values
+
+                perturbed.update(origin_values(self.earlier_checkpoints()[index], self.workload.pbt))
             return {"index": index, **self.params[index], **perturbed}
 
         return {"trial": tune.grid_search([point(i) for i in range(len(self.configs))])}

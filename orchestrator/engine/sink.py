@@ -26,7 +26,7 @@ from orchestrator import progress as progress_lines
 from orchestrator.engine.actors import root_cause
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.results.store import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, report_frame
-from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_KEY, TABLE_KEY
+from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_FROM_KEY, RESUMED_KEY, TABLE_KEY
 
 EPOCH_LINE_EVERY_S = 10.0  # a trial's epoch lines: at most one per this many seconds (and its first, last, sampled)
 TUNE_KEYS = {  # what Tune adds to a result: not ours to store
@@ -34,6 +34,7 @@ TUNE_KEYS = {  # what Tune adds to a result: not ours to store
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
     "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY, REPLAY_KEY, RESUMED_KEY,
+    RESUMED_FROM_KEY,
 }
 
 
@@ -45,7 +46,9 @@ class _TrialRows:
     wall_time_s: float = float("nan")
     last_step: dict = dataclasses.field(default_factory=dict)  # the latest per-step metrics (a stopped trial's row)
     said_at: float = 0.0  # when its last epoch line was printed
-    preemptions: int = 0  # Train runs: resumes from a checkpoint saved on a preemption notice
+    # Train runs: the checkpoints saved on a preemption notice that it resumed from (a kill without notice
+    # after such a resume resumes from the same one again: one preemption, then a failure)
+    preempted_from: set = dataclasses.field(default_factory=set)
     failures: int = 0  # single-process trials: attempts Tune retried
     restarts: int = 0  # Train runs: restores from a checkpoint (their replayed rows)
     node_types: set = dataclasses.field(default_factory=set)  # node types its reports came from
@@ -82,7 +85,8 @@ class RowSink:
             rows.node_types.add(result["node_type"])
         if result.get(RESUMED_KEY):  # a Train run restored from a checkpoint (actors._TrainRuntime.restore)
             rows.restarts += 1
-            rows.preemptions += result[RESUMED_KEY] == "preemption"
+            if result[RESUMED_KEY] == "preemption":
+                rows.preempted_from.add(result.get(RESUMED_FROM_KEY, rows.restarts))
         if result.get(TABLE_KEY) == NO_ROW:  # a checkpoint saved on a preemption notice, a resume: no row
             return
         frame = report_frame({k: v for k, v in result.items() if k not in TUNE_KEYS})
@@ -149,7 +153,7 @@ class RowSink:
                 trial[column] = value
         cpus, gpus = plan.held()
         trial = trial.assign(**plan.ids(index, trial_id), status=status, error=error, wall_time_s=rows.wall_time_s,
-                             node_types=",".join(sorted(rows.node_types)), preemptions=rows.preemptions,
+                             node_types=",".join(sorted(rows.node_types)), preemptions=len(rows.preempted_from),
                              restarts=rows.restarts + rows.failures, cpu_seconds=rows.wall_time_s * cpus,
                              gpu_seconds=rows.wall_time_s * gpus)
         self.store.write(plan.study, "trials", plan.attempts[index], trial, plan.schema("trials"))

@@ -16,6 +16,7 @@ import hashlib
 import json
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from orchestrator import progress as progress_file
@@ -30,20 +31,38 @@ def digest(directory: Path) -> str:
     return hashlib.sha1((directory / STATE_FILE).read_bytes()).hexdigest()[:16]
 
 
-def latest_checkpoint(trial_dir: Path) -> str | None:
-    """The complete Tune checkpoint of a trial attempt's folder with the highest epoch (driver side,
-    before the run: Tune then writes its new checkpoints into that folder). Complete: its state's
-    digest is the one its origin names (a copy cut short by a dying node is skipped)."""
-    best: tuple[int, str] | None = None
-    for origin_file in trial_dir.glob("checkpoint_*/" + ORIGIN_FILE):
+def set_aside(experiment: Path, attempt: str, run_id: str) -> Path:
+    """Move an earlier run's folder of a trial attempt to `<attempt>.before-<run_id>` (driver side,
+    before the run); returns the experiment folder."""
+    folder = experiment / attempt
+    if folder.is_dir():
+        folder.rename(experiment / f"{attempt}.before-{run_id}")
+    return experiment
+
+
+def latest_checkpoint(experiment: Path, attempt: str) -> str | None:
+    """The most recently saved complete Tune checkpoint of a trial attempt, in any earlier run's folder
+    (the latest, not the highest epoch: an exploit may take a trial back to a donor's earlier epoch).
+    Complete: its state's digest is its origin's, and its row parses (a copy cut short is skipped)."""
+    best: tuple[float, str] | None = None
+    for origin_file in [*experiment.glob(f"{attempt}/checkpoint_*/{ORIGIN_FILE}"),
+                        *experiment.glob(f"{attempt}.before-*/checkpoint_*/{ORIGIN_FILE}")]:
         try:
             origin = json.loads(origin_file.read_text())
-            complete = digest(origin_file.parent) == origin["digest"] and (origin_file.parent / REPORT_FILE).exists()
+            json.loads((origin_file.parent / REPORT_FILE).read_text())
+            complete = digest(origin_file.parent) == origin["digest"] and isinstance(origin.get("epoch"), int)
         except (OSError, ValueError, KeyError):
             continue
-        if complete and isinstance(origin.get("epoch"), int) and (best is None or origin["epoch"] > best[0]):
-            best = (origin["epoch"], str(origin_file.parent))
+        saved = float(origin.get("saved_at", origin_file.stat().st_mtime))
+        if complete and (best is None or saved > best[0]):
+            best = (saved, str(origin_file.parent))
     return best[1] if best else None
+
+
+def origin_values(checkpoint: str, fields) -> dict:
+    """The values Tune held for the trial when it saved `checkpoint`, of `fields` (PBT's perturbed ones)."""
+    values = json.loads((Path(checkpoint) / ORIGIN_FILE).read_text()).get("values", {})
+    return {f: values[f] for f in fields if f in values}
 
 
 class TuneRuntime(SingleProcess):
@@ -86,7 +105,8 @@ class TuneRuntime(SingleProcess):
             payload["checkpoint_digest"] = digest(Path(tmp))
             context = tune.get_context()
             origin = {"trial_id": context.get_trial_id(), "trial_name": context.get_trial_name(),
-                      "epoch": metrics.get("epoch"), "digest": payload["checkpoint_digest"], "values": self.values}
+                      "epoch": metrics.get("epoch"), "digest": payload["checkpoint_digest"], "values": self.values,
+                      "saved_at": time.time()}
             (Path(tmp) / ORIGIN_FILE).write_text(json.dumps(origin, default=float))
             (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -134,17 +154,13 @@ def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: l
                    allow_cpu_fallback: bool = False, checkpoints: bool = False,
                    earlier: list[str | None] | None = None) -> None:
     """A single-process trial. `earlier[i]`: trial i's latest checkpoint from an earlier run (PBT), used
-    when Tune gives it none; the values Tune held for it then (PBT's moved hyperparameters) apply."""
+    when Tune gives it none (the plan gave Tune the hyperparameters PBT had moved it to)."""
     import importlib
 
     from ray import tune
 
-    resume = None
-    if earlier and earlier[params["trial"]["index"]] and tune.get_checkpoint() is None:
-        resume = earlier[params["trial"]["index"]]
-        origin = json.loads((Path(resume) / ORIGIN_FILE).read_text())
-        params = {**params, "trial": {**params["trial"], **origin.get("values", {}), "index": params["trial"]["index"]}}
-    index, config = trial_config(params, configs)
+    index, config = trial_config(params, configs)  # under PBT, a resumed trial's moved values are Tune's (param_space)
+    resume = earlier[index] if earlier and tune.get_checkpoint() is None else None
     values = {k: v for k, v in params["trial"].items() if k != "index"}
     runtime = TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback, checkpoints, values, resume)
     importlib.import_module(module).train_loop(config, runtime)

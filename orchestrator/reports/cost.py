@@ -10,6 +10,13 @@ free); "default" applies to node types not named:
     {"gpu.spot.1x": {"GPU": 0.45}, "head.cpu": {"CPU": 0.048}, "default": {"GPU": 1.0, "CPU": 0.05}}
 
 A trial that ran on several node types is priced at their mean (its rows do not say how long on each).
+
+What the figures are, and are not: the seconds are Tune's `time_total_s` of the trial (its driver's
+clock) times what one attempt holds, so they include waits inside the trial (a Train group restarted
+after a reclaim waiting for its new node) but not the idle time of nodes nobody's trial held; a
+single-process trial retried by Tune without a checkpoint restarts that clock (its failed attempts'
+time is not counted); node types are those of the reports that arrived (rank 0's node). They are an
+estimate of the study's share of the bill, not the bill.
 """
 
 from __future__ import annotations

@@ -248,16 +248,17 @@ class _Training:
     def train_epoch(self, epoch: int) -> dict:
         config, device, model = self.config, self.device, self.model
         self.pairs.epoch = epoch  # a different caption per image each epoch
-        done, total, seen = 0, 0.0, 0  # batches done, loss sum, images: after a mid-epoch resume, so far
+        done, total, seen, before = 0, 0.0, 0, 0.0  # batches, loss sum, images, seconds: after a mid-epoch resume, so far
         if self.position is not None and self.position["epoch"] == epoch:
             done, total, seen = self.position["batch"], self.position["loss_sum"], self.position["seen"]
+            before = self.position.get("seconds", 0.0)
         self.position = None
         self.sampler.set_epoch(epoch, done)
         unwrap(model).train()
         for module in (unwrap(model).image_encoder, unwrap(model).text_encoder):
             if module is not None and not any(p.requires_grad for p in module.parameters()):
                 module.eval()  # a frozen encoder keeps its BatchNorm statistics and no dropout
-        epoch_start = time.perf_counter()
+        epoch_start = time.perf_counter() - before  # the epoch's time includes its part before the notice
         for i, (images, caption_ids) in enumerate(self.loader, start=done + 1):
             if self.feats:
                 inputs = {"image_features": images.to(device),
@@ -270,7 +271,8 @@ class _Training:
             seen += len(images)
             maybe_fail(config.fail_at_epoch, epoch, self.runtime)
             if self.runtime.preemption_notice():  # this node goes soon: keep everything up to this step
-                self.save_position({"epoch": epoch, "batch": i, "loss_sum": total, "seen": seen})
+                self.save_position({"epoch": epoch, "batch": i, "loss_sum": total, "seen": seen,
+                                    "seconds": time.perf_counter() - epoch_start})
         seconds = time.perf_counter() - epoch_start
         return {"epoch": epoch, "loss": total / max(seen, 1), "images_per_s": seen * self.runtime.world_size / seconds,
                 "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - self.started,

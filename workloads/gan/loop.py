@@ -149,12 +149,14 @@ class _Training:
         """One pass over the data: (1) update D, (2) update G per batch (gan_step); the epoch's means."""
         config, device, loader = self.config, self.device, self.loader
         sums = torch.zeros(5, device=device)  # loss_d, loss_g, D(x), D(G(z)), images
-        done = 0  # batches of this epoch already trained (a resume from a mid-epoch checkpoint)
+        done, before = 0, 0.0  # batches of this epoch already trained, and their seconds (a mid-epoch resume)
         if self.position is not None and self.position["epoch"] == epoch:
-            done, sums = self.position["batch"], self.position["sums"].to(device)
+            done, before = self.position["batch"], self.position.get("seconds", 0.0)
+            if self.runtime.is_rank_zero:  # every rank's sums so far, held once (the epoch's reduce adds them)
+                sums = self.position["sums"].to(device)
         self.position = None
         self.sampler.set_epoch(epoch, done)  # a different shuffle every epoch, the same on every rank
-        epoch_start = said = time.perf_counter()
+        epoch_start = said = time.perf_counter() - before  # the epoch's time includes its part before the notice
         pending: list[torch.Tensor] = []  # (2,) per step, not yet written to TensorBoard
         for i, (real,) in enumerate(loader, start=done + 1):
             if self.say and time.perf_counter() - said > 10:  # a progress line every ~10 s within an epoch
@@ -177,11 +179,11 @@ class _Training:
             if self.runtime.preemption_notice():  # this node goes soon: keep everything up to this step
                 if self.writer is not None:
                     _flush_losses(self.writer, pending, self.step)
-                self.save_position(epoch, i, sums)
+                self.save_position(epoch, i, sums, time.perf_counter() - epoch_start)
         if self.writer is not None:
             _flush_losses(self.writer, pending, self.step)
         totals = reduce_mean(sums) * self.runtime.world_size  # sums over every rank
-        seconds, n = time.perf_counter() - epoch_start, float(totals[4])  # (a resumed epoch: its last part's seconds)
+        seconds, n = time.perf_counter() - epoch_start, float(totals[4])
         return {"epoch": epoch, "loss_d": float(totals[0] / n), "loss_g": float(totals[1] / n),
                 "d_x": float(totals[2] / n), "d_g_z": float(totals[3] / n), "images_per_s": n / seconds,
                 "epoch_time_s": seconds, "wall_time_s": time.perf_counter() - self.started,
@@ -193,16 +195,18 @@ class _Training:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "epoch": epoch, "step": self.step, "rng_by_rank": rng_by_rank, "metrics": metrics}
 
-    def save_position(self, epoch: int, batch: int, sums: torch.Tensor) -> None:
+    def save_position(self, epoch: int, batch: int, sums: torch.Tensor, seconds: float) -> None:
         """A checkpoint in the middle of `epoch`, after `batch` batches (every rank calls): a resume
-        trains that epoch's remaining batches, in the order they had, with the streams they had."""
+        trains that epoch's remaining batches, in the order they had, with the streams they had. The
+        epoch's sums so far are every rank's (summed here: only rank 0's state is saved)."""
         rng_by_rank = gather_objects(self.rng.state())
+        sums = reduce_mean(sums) * self.runtime.world_size  # a collective: every rank is here (the notice is shared)
         checkpoint = None
         if self.runtime.is_rank_zero:
             if self.writer is not None:
                 self.writer.flush()
             checkpoint = self.state_dict(epoch - 1, rng_by_rank, self.last)
-            checkpoint["position"] = {"epoch": epoch, "batch": batch, "sums": sums.detach().cpu()}
+            checkpoint["position"] = {"epoch": epoch, "batch": batch, "sums": sums.detach().cpu(), "seconds": seconds}
         self.runtime.checkpoint_now(checkpoint)
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
