@@ -12,13 +12,17 @@ from orchestrator.cli import main
 
 
 def test_a_failed_trial_exits_1_with_its_cause_in_the_row(ray_session, data_dir, gan_cache, tmp_path, monkeypatch,
-                                                         capsys):
+                                                         capsys, request):
     """A GAN trial that crashes in epoch 2 with no retries left: exit 1, the row ERROR with the cause;
     the results went to $ORCHESTRATOR_RESULTS, Train's checkpoints under --storage, and every row
     says the code version ORCHESTRATOR_CODE_VERSION names."""
+    from orchestrator.results import provenance
+
     results, storage = tmp_path / "results-from-env", tmp_path / "storage"
     monkeypatch.setenv("ORCHESTRATOR_RESULTS", str(results))
     monkeypatch.setenv("ORCHESTRATOR_CODE_VERSION", "claims-test-1")
+    provenance.code_version.cache_clear()  # computed once per process: as a fresh CLI process would
+    request.addfinalizer(provenance.code_version.cache_clear)
     code = main(["run", "gan", "--data-dir", data_dir, "--set", f"cache_dir={gan_cache}", "--set", "train_images=256",
                  "--set", "epochs=2", "--set", "sample_epochs=2", "--set", "fid_images=200", "--set", "fail_at_epoch=2",
                  "--set", "max_failures=0", "--storage", str(storage), "--no-dashboard"])
@@ -46,13 +50,15 @@ def test_code_version_is_the_commit_and_marks_a_modified_checkout(tmp_path, monk
     commit = git("rev-parse", "--short=12", "HEAD").stdout.strip()
     monkeypatch.setattr(provenance, "ROOT", repo)
     monkeypatch.delenv(provenance.VERSION_ENV, raising=False)
-    assert provenance.code_version() == commit
+    version = provenance.code_version.__wrapped__  # code_version() is computed once per process (cached)
+    provenance.code_version.cache_clear()  # (and a cached value from an earlier test must not leak into later ones)
+    assert version() == commit
     (repo / "untracked.txt").write_text("notes")  # untracked files do not make results dirty
-    assert provenance.code_version() == commit
+    assert version() == commit
     (repo / "tracked.py").write_text("x = 2\n")
-    assert provenance.code_version() == f"{commit}+dirty"
+    assert version() == f"{commit}+dirty"
     monkeypatch.setenv(provenance.VERSION_ENV, "v1.2")
-    assert provenance.code_version() == "v1.2"
+    assert version() == "v1.2"
 
 
 def test_a_node_declaring_a_gpu_torch_cannot_use_fails_the_trial_naming_the_node(ray_session):

@@ -48,8 +48,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "validate-cluster":
+            from orchestrator.clusters import kuberay
             from orchestrator.clusters.aws import placeholders, validate_cluster
 
+            if kuberay.ray_resource(kuberay.load(args.file)) is not None:  # cluster-k8s.yaml
+                return _validate_kuberay(args.file, args.crds)
             raw = validate_cluster(args.file)
             print(f"{args.file}: valid ({len(raw.get('available_node_types', {}))} node types, head {raw['head_node_type']})")
             if placeholders(raw):
@@ -92,6 +95,21 @@ def _report(args: argparse.Namespace) -> int:
         raise SpecError(f"unknown study {args.study!r}; choose from {', '.join(studies())}")
     store.open_for_reading()
     print(report.study_report(args.study, store, args.run_id)[0])  # (text, images, rows)
+    return 0
+
+
+def _validate_kuberay(path: str, crds: str | None) -> int:
+    """A KubeRay manifest: the operator's rules (and the CRDs' schemas with --crds), then whether its
+    groups can hold every trial of the paper profile."""
+    from orchestrator.clusters import kuberay
+    from orchestrator.studies import resolve
+
+    doc = kuberay.validate(path, crds)
+    types, max_workers = kuberay.node_types(doc)
+    print(f"{path}: valid {doc['kind']} ({', '.join(t.name for t in types)}; "
+          f"{'and the CRDs in ' + crds if crds else 'schemas not checked: --crds DIR'})")
+    for exp in resolve("all", "paper", [], say=lambda _: None):
+        print(f"  {exp.study} (paper): {kuberay.holds(types, max_workers, exp.scaling)}")
     return 0
 
 

@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("validate-cluster", help="check a `ray up` cluster config offline",
                            description="Validate a cluster config with Ray's own schema and preparation steps "
                            "(no credentials, no network), and this project's rules (only SSH open).")
-    check.add_argument("file", nargs="?", default="cluster.yaml", help="default: cluster.yaml")
+    check.add_argument("file", nargs="?", default="cluster.yaml",
+                       help="default: cluster.yaml; a KubeRay manifest (cluster-k8s.yaml) is checked as one")
+    check.add_argument("--crds", default=None, metavar="DIR",
+                       help="KubeRay manifests: also check against the CRDs in DIR (ray.io_rayjobs.yaml, "
+                            "ray.io_rayclusters.yaml), unknown fields as errors")
     return parser
 
 

@@ -4,7 +4,8 @@ asks for (driver side, Ray core; what waiting trials wait for is waiting.py).
 On an autoscaling cluster the GPU nodes do not exist until a demand starts them, so the resources
 Ray reports now say nothing of what a study can use. The autoscaling config does: its node types
 (with their resources) and `max_workers`. It is read from `$ORCHESTRATOR_CLUSTER_CONFIG`, else from
-`~/ray_bootstrap_config.yaml`, where `ray up` leaves it on the head (only when joining a cluster).
+`~/ray_bootstrap_config.yaml`, where `ray up` leaves it on the head (only when joining a cluster); a
+KubeRay manifest (cluster-k8s.yaml) gives its groups instead (clusters/kuberay.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ def cluster_node_types(joined: bool) -> tuple[list[NodeType], int] | None:
     path = os.environ.get(CONFIG_ENV) or (os.path.expanduser(BOOTSTRAP_CONFIG) if joined else "")
     if not path or not Path(path).is_file():
         return None
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if isinstance(d, dict)]
+    if any(d.get("kind") in ("RayJob", "RayCluster") for d in docs):  # a KubeRay manifest (cluster-k8s.yaml)
+        from orchestrator.clusters import kuberay
+
+        return kuberay.node_types(kuberay.ray_resource(docs))
+    raw = docs[0] if docs else {}
     head = raw.get("head_node_type")
     types = [NodeType(name, dict(spec.get("resources") or {}), 1 if name == head else int(spec.get("max_workers", 0)),
                       head=name == head)
