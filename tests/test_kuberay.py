@@ -38,11 +38,16 @@ def test_the_manifest_passes_the_crds_and_the_operators_rules(crds):
     assert doc["kind"] == "RayJob" and doc["spec"]["entrypoint"] == "python -m orchestrator run all --profile paper"
     assert spec["autoscalerOptions"]["version"] == "v2" and spec["enableInTreeAutoscaling"]
     assert spec["authOptions"]["mode"] == "token" and doc["spec"]["shutdownAfterJobFinishes"]
-    volume = next(d for d in kuberay.load(MANIFEST) if d["kind"] == "PersistentVolumeClaim")
+    storage = kuberay.load(ROOT / "cluster-k8s-storage.yaml")  # apart: deleting the job never deletes the results
+    volume = next(d for d in storage if d["kind"] == "PersistentVolumeClaim")
     assert volume["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert not any(d["kind"] == "PersistentVolumeClaim" for d in kuberay.load(MANIFEST))
+    loader = next(d for d in storage if d["kind"] == "Pod")  # copies data in and results out
+    assert loader["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == volume["metadata"]["name"]
     for name, group in kuberay._groups(doc):  # every pod mounts the shared volume where the env points
         pod = group["template"]["spec"]
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == volume["metadata"]["name"], name
+        assert {"medium": "Memory"} in [v.get("emptyDir") for v in pod["volumes"]], name  # /dev/shm beyond 64 MiB
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
         assert all(env[k].startswith(pod["containers"][0]["volumeMounts"][0]["mountPath"])
                    for k in ("ORCHESTRATOR_DATA_DIR", "ORCHESTRATOR_CACHE_DIR", "ORCHESTRATOR_RESULTS")), name
@@ -86,6 +91,17 @@ def test_the_cli_validates_it_and_sizes_the_paper_profile_on_its_groups(crds, ca
     assert "clip (paper): 2 workers x 4 CPU, 1 GPU: on gpu-4x; up to 4 trials at once" in out
     assert "gan (paper): 1 worker x 1 CPU, 0.25 GPU: on gpu-1x, gpu-4x" in out
     assert "minimax (paper): 1 worker x 1 CPU, 1 cpu_node: on head, cpu" in out
+    assert "before applying, replace: REGISTRY/orchestrator:0.1.0" in out
+
+
+def test_a_manifest_whose_groups_hold_no_paper_clip_trial_is_refused(crds, tmp_path, capsys):
+    def no_4x(doc):
+        _cluster(doc)["workerGroupSpecs"] = [g for g in _cluster(doc)["workerGroupSpecs"] if g["groupName"] != "gpu-4x"]
+
+    assert main(["validate-cluster", str(_break(tmp_path / "k.yaml", no_4x)), "--crds", str(crds)]) == 2
+    captured = capsys.readouterr()
+    assert "clip (paper): 2 workers x 4 CPU, 1 GPU: no group holds one trial's workers on one pod" in captured.out
+    assert "a study of the paper profile fits no group" in captured.err
 
 
 def test_the_cli_on_the_head_sizes_trials_from_the_manifest(monkeypatch):

@@ -108,8 +108,16 @@ def _validate_kuberay(path: str, crds: str | None) -> int:
     types, max_workers = kuberay.node_types(doc)
     print(f"{path}: valid {doc['kind']} ({', '.join(t.name for t in types)}; "
           f"{'and the CRDs in ' + crds if crds else 'schemas not checked: --crds DIR'})")
+    fits = True
     for exp in resolve("all", "paper", [], say=lambda _: None):
-        print(f"  {exp.study} (paper): {kuberay.holds(types, max_workers, exp.scaling)}")
+        holds = kuberay.holds(types, max_workers, exp.scaling)
+        fits &= "no group holds" not in holds
+        print(f"  {exp.study} (paper): {holds}")
+    left = kuberay.placeholders(Path(path).read_text())
+    if left:
+        print(f"  before applying, replace: {', '.join(left)} (see the file's header)")
+    if not fits:
+        raise SpecError(f"{path}: a study of the paper profile fits no group (above)")
     return 0
 
 

@@ -123,6 +123,11 @@ def node_types(doc: dict):
     return types, sum(t.max_workers for t in types if not t.head)
 
 
+def placeholders(text: str) -> list[str]:
+    """The values left to replace (REGISTRY/..., REPLACE_ME...), each once."""
+    return list(dict.fromkeys(re.findall(r"\bREGISTRY/\S+|\bREPLACE_ME\w*", text)))
+
+
 def holds(types: list, max_workers: int, scaling) -> str:
     """Whether these groups can hold one trial of `scaling`, on which, and how many at once (the same
     arithmetic capacity.py sizes trials with; single-process CPU trials need `cpu_node`)."""

@@ -21,6 +21,14 @@ from orchestrator.studies.spec import Scaling
 
 CONFIG_ENV = "ORCHESTRATOR_CLUSTER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the cluster config here, on the head
+# "1": the cluster joined never grows (a SLURM allocation, cluster.sbatch): what it holds now is all
+FIXED_ENV = "ORCHESTRATOR_FIXED_CLUSTER"
+
+
+def grows(joined: bool) -> bool:
+    """May the cluster gain nodes while a run waits? A joined cluster may (an autoscaler), unless it
+    says it is fixed; a local Ray never does."""
+    return joined and os.environ.get(FIXED_ENV, "") != "1"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ def cluster_node_types(joined: bool) -> tuple[list[NodeType], int] | None:
     """(node types, the cluster's max_workers) from the autoscaling config; None where there is none."""
     import yaml
 
+    if not grows(joined) and joined:  # a fixed allocation: its nodes are all there is, whatever a config says
+        return None
     path = os.environ.get(CONFIG_ENV) or (os.path.expanduser(BOOTSTRAP_CONFIG) if joined else "")
     if not path or not Path(path).is_file():
         return None
@@ -89,7 +99,7 @@ def worker_resources(scaling: Scaling) -> dict[str, float]:
 
 
 def _need_text(scaling: Scaling) -> str:
-    return (f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPU"
+    return (f"{scaling.num_workers} worker{'s' * (scaling.num_workers != 1)} x {scaling.cpus_per_worker:g} CPU"
             f"{f' + {scaling.gpus_per_worker:g} GPU' if scaling.use_gpu else ''}")
 
 
@@ -106,8 +116,8 @@ def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, 
     need = worker_resources(scaling)
     known = cluster_node_types(joined)
     if known is None:
-        if not joined and slots_now(need) < 1:  # a local Ray never grows: Tune would wait forever
-            raise _machine_too_small(scaling, "lower cpus_per_worker, set use_gpu=false")
+        if not grows(joined) and slots_now(need) < 1:  # a cluster that never grows: Tune would wait forever
+            raise _machine_too_small(scaling, "lower cpus_per_worker, set use_gpu=false", joined)
         return need, None
     types, max_workers = known
     if scaling.use_gpu:  # GPU work: GPU nodes are what it needs
@@ -142,18 +152,33 @@ def max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -
     if fits >= 1:
         return fits
     resources = __import__("ray").cluster_resources()
-    if joined:  # the cluster may grow (an autoscaler we cannot see into): let trials queue, and say so
+    if grows(joined):  # the cluster may grow (an autoscaler we cannot see into): let trials queue, and say so
         say(f"the cluster cannot hold one trial yet ({_need_text(scaling)}; it has {resources.get('CPU', 0):g} CPU, "
             f"{resources.get('GPU', 0):g} GPU now): trials wait for nodes (max_wait_s={scaling.max_wait_s:g})")
         return None
-    raise _machine_too_small(scaling, "lower num_workers / cpus_per_worker")
+    raise _machine_too_small(scaling, "lower num_workers / cpus_per_worker", joined)
 
 
-def _machine_too_small(scaling: Scaling, what: str) -> BackendError:
-    """One line: a local Ray that can never hold one trial."""
-    resources = __import__("ray").cluster_resources()
-    return BackendError(f"one trial needs {_need_text(scaling)}; this machine has {resources.get('CPU', 0):g} CPU, "
-                        f"{resources.get('GPU', 0):g} GPU: {what}, or join a cluster with --address")
+def _machine_too_small(scaling: Scaling, what: str, joined: bool = False) -> BackendError:
+    """One line: a local Ray, or a fixed cluster (a SLURM allocation), that can never hold one trial."""
+    import ray
+
+    resources, nodes = ray.cluster_resources(), len([n for n in ray.nodes() if n["Alive"]])
+    where = (f"this allocation has {nodes} node{'s' * (nodes != 1)} with {resources.get('CPU', 0):g} CPU, "
+             f"{resources.get('GPU', 0):g} GPU in all (a node holds at most {_largest_node(scaling)}): {what}, "
+             "or ask SLURM for more (--cpus-per-task, --gpus-per-node)") if joined else (
+        f"this machine has {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU: {what}, "
+        "or join a cluster with --address")
+    return BackendError(f"one trial needs {_need_text(scaling)}; {where}")
+
+
+def _largest_node(scaling: Scaling) -> str:
+    """The most workers of `scaling` one alive node can host, as words."""
+    import ray
+
+    need = worker_resources(scaling)
+    most = max((worker_slots(n["Resources"], need) for n in ray.nodes() if n["Alive"]), default=0)
+    return f"{most} such worker{'s' * (most != 1)}"
 
 
 def placement_strategy(scaling: Scaling, joined: bool) -> str:
