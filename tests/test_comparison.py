@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.studies import resolve
+from orchestrator.engine.plan import path_segment
 from orchestrator.reports.clip import comparison, conclusion, difference
 from orchestrator.studies import SpecError
 from tests.browser import assert_report_renders
@@ -148,9 +149,9 @@ def test_clip_trials_log_loss_and_val_recall_to_tensorboard(frozen_run):
     trials = pd.read_parquet(results / "clip" / "trials.parquet")
     (run_id,) = trials["run_id"].unique()
     view = results / "clip" / "tensorboard" / run_id  # the run's trials by name, for one `tensorboard --logdir`
-    assert sorted(p.name for p in view.iterdir()) == sorted(trials["trial_name"])
+    assert sorted(p.name for p in view.iterdir()) == sorted(path_segment(n, portable=False) for n in trials["trial_name"])
     for name, selected in zip(trials["trial_name"], trials["selected_epoch"]):
-        events = EventAccumulator(str(view / name)).Reload()
+        events = EventAccumulator(str(view / path_segment(name, portable=False))).Reload()
         assert [e.step for e in events.Scalars("Val/rsum")] == [1, 2, 3]  # every epoch
         assert [e.step for e in events.Scalars("Loss/train")] == [1, 2, 3]
         assert [e.step for e in events.Scalars("Test/t2i_r10")] == [selected]  # once, at the chosen epoch

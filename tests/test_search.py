@@ -125,6 +125,19 @@ def test_asha_stops_trailing_trials_early_and_resume_keeps_them(ray_session, dat
     assert_every_table_reads_in_duckdb(tmp_path / "results")  # stopped rows have the table's whole schema
     assert main(args) == 0  # resume: stopped trials are results, not interrupted work
     assert "every trial of clip" in (out := capsys.readouterr().out) and "nothing to run" in out
+    # report leaves them out of its tables and means, and names them below
+    assert main(["report", "clip", "--results", str(tmp_path / "results")]) == 0
+    report = capsys.readouterr().out
+    line = next(x for x in report.splitlines() if "stopped early by the scheduler (left out above): " in x)
+    assert line.startswith(f"{len(stopped)} trials") and all(name in line for name in stopped["trial_name"])
+    # a run with another scheduler runs them to their end
+    i = args.index("--scheduler")
+    assert main(args[:i] + args[i + 2:]) == 0
+    after = pd.read_parquet(tmp_path / "results" / "clip" / "trials.parquet")
+    rerun = after[after["trial_key"].isin(stopped["trial_key"])]
+    assert len(rerun) == len(stopped) and (rerun["status"] == "TERMINATED").all(), rerun[["trial_name", "status"]]
+    last = pd.read_parquet(tmp_path / "results" / "clip" / "steps.parquet").groupby("trial_key")["epoch"].max()
+    assert (last[stopped["trial_key"]] == 8).all()  # to their last epoch
 
 
 TINY_TRACKED = ["--set", "dataset=flickr8k", "--set", "train_images=48", "--set", "val_images=24",

@@ -177,9 +177,20 @@ def train_run_names(storage: str, names: list[str], bases: list[str],
     chosen = []
     for name, base in zip(names, bases):
         earlier = sorted(d for d in there if d[1].endswith(f"-{base}"))
-        readable = re.sub(r"[^A-Za-z0-9._=,+-]", "_", str(name))[:100]  # a path segment on any storage
-        chosen.append(earlier[-1][1] if earlier else f"{readable}-{base}")
+        chosen.append(earlier[-1][1] if earlier else f"{path_segment(name, 100)}-{base}")
     return chosen
+
+
+def path_segment(name: str, limit: int = 120, portable: bool = True) -> str:
+    """A trial's name as one file-name component: odd characters replaced (`portable`: all but
+    [A-Za-z0-9._=,+-], for any storage; else only "/"), and a long name (many --set values) cut with a
+    digest of the whole, so that names stay unique and under the 255-byte limit of a path component."""
+    import hashlib
+
+    readable = re.sub(r"[^A-Za-z0-9._=,+-]", "_", str(name)) if portable else str(name).replace("/", "_")
+    if len(readable) <= limit:
+        return readable
+    return f"{readable[:limit - 13]}~{hashlib.sha1(str(name).encode()).hexdigest()[:12]}"
 
 
 def tensorboard_view(study_dir: Path, run_id: str, attempts: dict[str, str], say: Callable[[str], None]) -> None:
@@ -189,7 +200,7 @@ def tensorboard_view(study_dir: Path, run_id: str, attempts: dict[str, str], say
     try:
         view.mkdir(parents=True, exist_ok=True)
         for name, attempt in attempts.items():
-            link = view / str(name).replace("/", "_")
+            link = view / path_segment(name, portable=False)
             if not link.is_symlink():
                 link.symlink_to(os.path.join("..", "..", "artifacts", attempt, "tensorboard"))
     except OSError as exc:  # storage without symlinks: the artifacts' own folders still hold every log
