@@ -174,7 +174,7 @@ def test_html_report_is_self_contained(finished_run, capsys):
     assert len(images) >= 2 and all(img[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert "<h2>minimax</h2>" in page and "(0, 0.25)" in page and "<h3>runs</h3>" in page
     # headed by its key result in one sentence, numbers in real tables, no best-of distance of ~1e-300
-    assert '<p class="key">The measured stable learning rates match the analytic ones' in page
+    assert '<p class="key">The learning rates at which runs reach the saddle within T steps match the analytic' in page
     assert page.count('<table class="sortable">') == 2 and "final_distance" not in page
     assert_report_renders(finished_run / "report.html", plots=2)  # the minimax heatmap and curves
 
