@@ -145,15 +145,18 @@ def _clip(trials: pd.DataFrame) -> tuple[str, str]:
     table = compare.comparison(trials)
     best = table.iloc[0]
     n = int(trials["test_images"].iloc[0]) if "test_images" in trials else 0
+    ci = best.get(f"{compare.HEADLINE} 95% CI", "")
+    interval = f", 95% CI {ci.split(' ', 1)[1]}" if " [" in str(ci) else ""
     key = (f"Best pair {html.escape(best['pair'])}: text-to-image R@10 {best['t2i_r10']} on {n} test images "
-           f"(mean ± std over {best['seeds']} seed{'s' if best['seeds'] > 1 else ''}; published on the 1000 official "
-           "test images: UVSE 0.515, DVSA 0.447).")
+           f"(mean ± std over {best['seeds']} seed{'s' if best['seeds'] > 1 else ''}{interval}; published on the 1000 "
+           "official test images: UVSE 0.515, DVSA 0.447).")
     lines = compare.conclusion(trials)
     conclusion = "<ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>"
     dataset = str(trials["dataset"].iloc[0]) if "dataset" in trials else ""
     published = (f"<p>Published on the same 1000 test images:</p>{_table(compare.PUBLISHED, {r: 3 for r in compare.RECALLS})}"
                  if compare.comparable(n, dataset) else f"<p>{html.escape(compare.published_rows(n, dataset))}</p>")
-    return key, (_table(table.drop(columns=["_mean"])) + published + (f"<p>{html.escape(lines[0])}</p>{conclusion}"
+    shown = table.drop(columns=["_mean", f"{compare.HEADLINE} 95% CI"], errors="ignore")  # the CI: in the key sentence
+    return key, (_table(shown) + published + (f"<p>{html.escape(lines[0])}</p>{conclusion}"
                                                                       if lines else ""))
 
 
