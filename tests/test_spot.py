@@ -68,6 +68,7 @@ def test_a_gan_trial_survives_three_preemptions_and_a_kill_without_notice(cluste
     assert logs.count("resumed in epoch") >= 1 and logs.count(" (resumed ") == 4, logs[-4000:]
 
 
+@pytest.mark.known_bug  # open: in 1 of 2 CI runs all four Train runs FINISHED but one Tune trial never ended
 def test_four_gan_trials_packed_on_one_reclaimed_node_all_finish(cluster, data_dir):
     """Four trials of a quarter GPU each share one GPU node; its reclaim notices all four Train runs,
     each saves a checkpoint, and all four resume on the next node."""
