@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.fake_cluster import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
 
 
@@ -26,12 +28,6 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "the SLURM test cluster runs its daemons as root"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _binary(name: str) -> str:
@@ -53,7 +49,7 @@ class SlurmCluster:
     def _config(self) -> str:
         host = socket.gethostname()
         lines = [
-            "ClusterName=orchtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={_free_port()}",
+            "ClusterName=orchtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={free_port()}",
             "AuthType=auth/munge", "CredType=cred/munge",
             # cred_expire: also how long a requeued job waits before it may start again (default 120 s)
             f"AuthInfo=socket={self.socket},cred_expire=10",
@@ -67,7 +63,7 @@ class SlurmCluster:
             "InactiveLimit=0", "MinJobAge=600", "SlurmdTimeout=60", "SlurmctldTimeout=60", "JobRequeue=1",
         ]
         for name in self.nodes:
-            lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+            lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
                          f"CPUs={self.cpus} RealMemory=8000 State=UNKNOWN")
         lines.append(f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
         return "\n".join(line for line in lines if line) + "\n"
