@@ -27,8 +27,8 @@ from pathlib import Path
 from common import ROOT
 
 from orchestrator.results import ResultStore
-from tests.fake_cluster import FakeCluster
-from tests.spot import job_end, reclaim_train_nodes, stop_job, submit
+from tests.fake_cluster import FakeCluster, job_end, stop_job
+from tests.spot import reclaim_train_nodes, submit
 
 
 def gan_argv(results: Path, data_dir: str, epochs: int) -> list[str]:

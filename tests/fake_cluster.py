@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -173,3 +174,61 @@ def stop_processes_of(temp_dir: Path) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(1)
+
+
+@contextmanager
+def started_with_cache(shared: Path, cache: Path):
+    """A FakeCluster whose shared storage starts with a copy of `cache` (FashionMNIST and the FID
+    classifier, built once before), stopped when the block ends."""
+    shutil.copytree(cache, shared / "cache")
+    fake = FakeCluster(shared)
+    try:
+        fake.start()
+        yield fake
+    finally:
+        fake.stop()
+
+
+def submit_job(cluster: FakeCluster, entry: list[str], env_vars: dict) -> str:
+    """`ray job submit --no-wait` of `entry`; returns the job id. `local://`: the working dir already on
+    every node. The README's `--working-dir .` uploads a zip that each node's runtime-env agent
+    unpacks, overwriting, into <session>/runtime_resources: on fake nodes that share one file system
+    each new node deletes the directory that running processes (the job's entrypoint among them) have
+    as their cwd, a simulation artifact."""
+    import re
+
+    env = json.dumps({"env_vars": env_vars})
+    deadline = time.time() + 120
+    while True:  # the head's job agent registers a little after the dashboard answers
+        out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json", env,
+                              "--no-wait", "--", *entry, check=False)
+        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+
+def job_end(cluster: FakeCluster, job_id: str, timeout_s: float = 900) -> tuple[str, str]:
+    """The job's final status and its logs; "TIMEOUT" (and the job stopped) after timeout_s."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status, client.get_job_logs(job_id)
+        time.sleep(2)
+    client.stop_job(job_id)
+    return "TIMEOUT", client.get_job_logs(job_id)
+
+
+def stop_job(cluster: FakeCluster, job_id: str) -> str:
+    """Stop the job; returns the end of its logs (for the failure's message)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard)
+    logs = client.get_job_logs(job_id)
+    client.stop_job(job_id)
+    return logs[-6000:]

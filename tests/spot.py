@@ -10,14 +10,13 @@ fake cluster this harness drives, never anything else.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fake_cluster import ROOT, FakeCluster
+from tests.fake_cluster import FakeCluster, submit_job
 
 PREEMPTION = "DRAIN_NODE_REASON_PREEMPTION"
 
@@ -149,39 +148,4 @@ def reclaim_train_nodes(cluster: FakeCluster, results: Path, study: str, notices
 def submit(cluster: FakeCluster, argv: list[str]) -> str:
     """`ray job submit` of an orchestrator command on the cluster (GPU nodes without CUDA: the CPU
     fallback, which the rows record); returns the job id."""
-    import re
-
-    env = json.dumps({"env_vars": {"ORCHESTRATOR_ALLOW_CPU_FALLBACK": "1"}})
-    deadline = time.time() + 120
-    while True:  # the head's job agent registers a little after the dashboard answers
-        out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json", env,
-                              "--no-wait", "--", sys.executable, "-m", "orchestrator", *argv, check=False)
-        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
-
-
-def job_end(cluster: FakeCluster, job_id: str, timeout_s: float = 900) -> tuple[str, str]:
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster.dashboard)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        status = str(client.get_job_status(job_id)).split(".")[-1]
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status, client.get_job_logs(job_id)
-        time.sleep(2)
-    client.stop_job(job_id)
-    return "TIMEOUT", client.get_job_logs(job_id)
-
-
-def stop_job(cluster: FakeCluster, job_id: str) -> str:
-    """Stop the job; returns the end of its logs (for the failure's message)."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster.dashboard)
-    logs = client.get_job_logs(job_id)
-    client.stop_job(job_id)
-    return logs[-6000:]
+    return submit_job(cluster, [sys.executable, "-m", "orchestrator", *argv], {"ORCHESTRATOR_ALLOW_CPU_FALLBACK": "1"})

@@ -4,7 +4,6 @@ preflight of every trial's config, a deterministic FID classifier."""
 
 import time
 
-import pytest
 import torch
 
 from orchestrator.engine import capacity

@@ -5,18 +5,14 @@ CUDA: ORCHESTRATOR_ALLOW_CPU_FALLBACK=1, the rows say so), minimax on the head o
 each table lands once on the shared storage; the report renders; the job ends SUCCEEDED. Not shown
 here: real AWS, real GPUs, cluster.yaml's setup commands (see docs/clusters.md)."""
 
-import json
-import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.results import read_table
-from tests.fake_cluster import FakeCluster
+from tests.fake_cluster import FakeCluster, job_end, started_with_cache, submit_job
 from tests.test_chaos import TINY_ALL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,46 +24,13 @@ def submit_run_all(cluster: FakeCluster, results: Path, data_dir: str, extra=())
     data_dir = str(Path(data_dir).resolve())  # the job runs in its own copy of the working dir
     entry = ["python", "-m", "orchestrator", "run", "all", "--results", str(results), "--data-dir", data_dir,
              "--no-dashboard", *GPU_SHAPED, *extra]
-    runtime_env = {"env_vars": {"ORCHESTRATOR_ALLOW_CPU_FALLBACK": "1"}}
-    # `local://`: the working dir already on every node. The README's `--working-dir .` uploads a zip
-    # that each node's runtime-env agent unpacks, overwriting, into <session>/runtime_resources: on
-    # fake nodes that share one file system each new node deletes the directory that running
-    # processes (the job's entrypoint among them) have as their cwd, a simulation artifact
-    deadline = time.time() + 120
-    while True:  # the head's job agent registers a little after the dashboard answers
-        out = cluster.ray_cli("job", "submit", "--working-dir", f"local://{ROOT}", "--runtime-env-json",
-                              json.dumps(runtime_env), "--no-wait", "--", *entry, check=False)
-        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
-
-
-def wait_for_job(cluster: FakeCluster, job_id: str, timeout_s: float = 900) -> tuple[str, str]:
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster.dashboard)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        status = str(client.get_job_status(job_id)).split(".")[-1]
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status, client.get_job_logs(job_id)
-        time.sleep(2)
-    client.stop_job(job_id)
-    return "TIMEOUT", client.get_job_logs(job_id)
+    return submit_job(cluster, entry, {"ORCHESTRATOR_ALLOW_CPU_FALLBACK": "1"})
 
 
 @pytest.fixture(scope="module")
 def cluster(gan_cache, tmp_path_factory):
-    shared = tmp_path_factory.mktemp("shared")
-    shutil.copytree(gan_cache, shared / "cache")  # FashionMNIST and the FID classifier, built once before
-    fake = FakeCluster(shared)
-    try:
-        fake.start()
+    with started_with_cache(tmp_path_factory.mktemp("shared"), gan_cache) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.mark.slow
@@ -75,7 +38,7 @@ def test_run_all_as_a_ray_job_on_an_autoscaling_cluster(cluster, data_dir):
     (head,) = [n for n in cluster.nodes() if n["alive"]]  # worker nodes start from zero
     results = cluster.shared / "results"
     job = submit_run_all(cluster, results, data_dir)
-    status, logs = wait_for_job(cluster, job)
+    status, logs = job_end(cluster, job)
     assert status == "SUCCEEDED", logs[-4000:]
     # what the terminal says while nodes come is timing-dependent here (fake nodes boot in about a
     # second): the watcher's lines are unit-tested (test_cloud_path.py); here only that CPU work
@@ -113,7 +76,7 @@ def test_run_all_as_a_ray_job_on_an_autoscaling_cluster(cluster, data_dir):
 def test_a_trial_no_node_type_can_hold_fails_at_once_with_one_line(cluster, data_dir):
     job = submit_run_all(cluster, cluster.shared / "results-too-big", data_dir,
                          ["--set", "gan.cpus_per_worker=3", "--set", "minimax.num_lrs=10"])
-    status, logs = wait_for_job(cluster, job, timeout_s=300)
+    status, logs = job_end(cluster, job, timeout_s=300)
     assert status == "FAILED"
     errors = [line for line in logs.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no node type of this cluster can ever provide that" in errors[0], logs[-3000:]

@@ -42,7 +42,7 @@ class AllReduceBatchNorm(nn.Module):
         if dist.is_initialized():
             stats = dist_fn.all_reduce(stats)
         c = x.shape[1]
-        mean, meansq, n = stats[:c] / stats[-1], stats[c:2 * c] / stats[-1], stats[-1]
+        mean, meansq = stats[:c] / stats[-1], stats[c:2 * c] / stats[-1]
         shape = [1, c] + [1] * (x.ndim - 2)
         var = (meansq - mean * mean).clamp(min=0)  # biased, as batch norm normalises with
         return (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps) * self.weight.view(shape) + self.bias.view(shape)
