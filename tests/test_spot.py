@@ -4,14 +4,13 @@ node killed with no notice; four GAN trials packed on one GPU node reclaimed at 
 lost mid-minimax. The job must end SUCCEEDED, every epoch and row land exactly once, and the trial
 rows say what they survived. Not shown here: real AWS spot notices and real GPUs (docs/clusters.md)."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from orchestrator.results import ResultStore
-from tests.fake_cluster import CPU_TYPE, FakeCluster
-from tests.spot import actor_nodes, job_end, kill_node, reclaim_train_nodes, stop_job, submit, wait_for
+from tests.fake_cluster import CPU_TYPE, job_end, started_with_cache, stop_job
+from tests.spot import actor_nodes, kill_node, reclaim_train_nodes, submit, wait_for
 
 pytestmark = pytest.mark.slow
 EPOCHS = 8  # four reclaims, each after a new epoch's row, with epochs to spare
@@ -22,14 +21,8 @@ GAN = ["--set", "use_gpu=true", "--set", "num_workers=1", "--set", "cpus_per_wor
 
 @pytest.fixture(scope="module")
 def cluster(gan_cache, tmp_path_factory):
-    shared = tmp_path_factory.mktemp("shared")
-    shutil.copytree(gan_cache, shared / "cache")  # FashionMNIST and the FID classifier, built once before
-    fake = FakeCluster(shared)
-    try:
-        fake.start()
+    with started_with_cache(tmp_path_factory.mktemp("shared"), gan_cache) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def run_gan(cluster, results: Path, data_dir: str, extra=()) -> str:
@@ -68,12 +61,14 @@ def test_a_gan_trial_survives_three_preemptions_and_a_kill_without_notice(cluste
     assert logs.count("resumed in epoch") >= 1 and logs.count(" (resumed ") == 4, logs[-4000:]
 
 
-@pytest.mark.known_bug  # open: in 1 of 2 CI runs all four Train runs FINISHED but one Tune trial never ended
 def test_four_gan_trials_packed_on_one_reclaimed_node_all_finish(cluster, data_dir):
     """Four trials of a quarter GPU each share one GPU node; its reclaim notices all four Train runs,
     each saves a checkpoint, and all four resume on the next node."""
     results = cluster.shared / "results-packed"
-    job = run_gan(cluster, results, data_dir, ["--set", "epochs=2", "--set", "sample_epochs=2", "--set",
+    # three epochs: the reclaim comes after the first epoch's row, and a trial trains on after its notice
+    # until the node dies (as on AWS, within the notice's deadline) with two epochs left, so none ends
+    # before the kill however unevenly the four share the CPUs
+    job = run_gan(cluster, results, data_dir, ["--set", "epochs=3", "--set", "sample_epochs=3", "--set",
                                                "train_images=1920", "--set", "gpus_per_worker=0.25",
                                                "--set", "cpus_per_worker=0.5", "--sweep", "lr=1e-4,2e-4,3e-4,4e-4"])
     try:
@@ -90,7 +85,7 @@ def test_four_gan_trials_packed_on_one_reclaimed_node_all_finish(cluster, data_d
     steps, trials = store.read("gan", "steps"), store.read("gan", "trials")
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all(), trials
     for key, own in steps.groupby("trial_key"):
-        assert sorted(own["epoch"]) == [1, 2], (key, list(own["epoch"]))
+        assert sorted(own["epoch"]) == [1, 2, 3], (key, list(own["epoch"]))
     assert (trials["preemptions"] == 1).all(), trials[["trial_name", "preemptions", "restarts"]]
 
 

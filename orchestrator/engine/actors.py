@@ -65,6 +65,15 @@ def where() -> dict[str, str]:
     return {"node_id": context.get_node_id(), "node_type": group[0] if isinstance(group, list) and group else group or ""}
 
 
+def gpu_memory(device) -> dict[str, float]:
+    """Peak GPU memory this process has allocated (GB, a column of every row), where it runs on a GPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
 def convert_sync_batchnorm(model, device, world_size: int, enabled: bool):
     """BatchNorm -> SyncBatchNorm where it means something and works: CUDA, more than one rank.
     (torch's SyncBatchNorm raises on CPU tensors, so CPU DDP keeps per-rank statistics.)"""
@@ -109,7 +118,8 @@ class _TrainRuntime:
         import ray
         import ray.train
 
-        payload = {**metrics, **(self.software if final else {}), **where(), TABLE_KEY: table_of(final, table)}
+        payload = {**metrics, **(self.software if final else {}), **where(), **gpu_memory(self.device),
+                   TABLE_KEY: table_of(final, table)}
         if checkpoint is None:
             ray.train.report(payload)
             return
@@ -309,9 +319,11 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(max(60.0, scaling.max_wait_s + 60)))
     import ray.train
     from ray.train.torch import TorchConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.engine import relay
 
     index, config = trial_config(params, configs)
+    queue = relay.trial_queue()
     cpu_fallback = (check_gpu_nodes(allow_cpu_fallback, scaling.max_wait_s, scaling.cpus_per_worker, scaling.gpus_per_worker)
                     if scaling.use_gpu else False)
     trainer = _trainer_class()(
@@ -332,10 +344,10 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures,
                                                    max_preemption_failures=scaling.max_preemptions),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],  # worker reports -> this Tune trial's results
+            callbacks=[relay.ToTrial(queue)],  # worker reports -> this Tune trial's results (relay.py)
         ),
     )
     try:
-        trainer.fit()
+        relay.fit_reporting(trainer, queue)
     except Exception as exc:  # the cause on one line (the row's `error`), not Train's summary
         raise RuntimeError(root_cause(exc)) from None
