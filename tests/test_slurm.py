@@ -39,7 +39,10 @@ def sbatch(slurm: SlurmCluster, tmp_path: Path, nodes: int, argv: list[str], wai
     log = tmp_path / "job.log"
     job_env = {**slurm.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                "ORCHESTRATOR_SLURM_DIR": str(tmp_path / "jobs"),
-               "ORCHESTRATOR_RAY_TMPDIR": str(slurm.dir), **(env or {})}  # Ray's temp dirs: stop() finds what is left
+               "ORCHESTRATOR_RAY_TMPDIR": str(slurm.dir),  # Ray's temp dirs: stop() finds what is left
+               # Ray exports metrics every second (10 s by default): where the script starts a Prometheus,
+               # a run's end waits two intervals for its last values to be scraped
+               "RAY_metrics_report_interval_ms": "1000", **(env or {})}
     job_env.pop("RAY_ADDRESS", None)
     cmd = ["sbatch", f"--nodes={nodes}", f"--output={log}", *(["--wait"] if wait else ["--parsable"]),
            str(ROOT / "cluster.sbatch"), *argv]
@@ -57,6 +60,8 @@ def test_a_two_node_job_runs_a_study_on_both_nodes(slurm, tmp_path):
     text = log.read_text()
     assert done.returncode == 0, text[-4000:]
     assert "Ray on 2 node(s)" in text
+    if shutil.which("prometheus"):  # .ci/run installs it: the script starts it beside the head
+        assert "Prometheus ready on n1 at 127.0.0.1:" in text, text[-4000:]
     trials = ResultStore(results).read("minimax", "trials")
     assert len(trials) == 5 * 600 and not trials.duplicated(["algorithm", "lr"]).any()
     assert trials["node_id"].nunique() == 2, trials.groupby("node_id").size()  # both SLURM nodes' Ray ran trials

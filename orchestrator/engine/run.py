@@ -71,7 +71,8 @@ def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined
     tuner = _tuner(plan, sink, trainable, concurrent, store, trackers, tracking_uri, study_say)
     types = capacity.cluster_node_types(joined)
     sink.watcher = waiting.Watcher(study_say, plan.exp.scaling.max_wait_s, types[0] if types else None,
-                                    on_give_up=lambda reason: sink.fail(BackendError(f"{plan.study}: {reason}")))
+                                    on_give_up=lambda reason: sink.fail(BackendError(f"{plan.study}: {reason}")),
+                                    on_waited=sink.metrics.waited)
     by_epoch = all(plan.epochs(i) for i in range(len(plan.configs)))  # the bar counts epochs where all have them
     bar = progress_lines.Bar(plan.run_key, plan.study,
                              [plan.epochs(i) if by_epoch else 1 for i in range(len(plan.configs))],

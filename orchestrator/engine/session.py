@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DRIVER_RESOURCE = "train_driver"  # custom resource that Train driver trials hold instead of a CPU
@@ -91,7 +94,47 @@ def start(address: str | None = None, dashboard: bool = True) -> Session:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise BackendError(f"could not start or reach {where}: {str(exc).splitlines()[0]}") from None
     url = getattr(context, "dashboard_url", None)
+    provision_dashboard()
     return Session(owned=True, dashboard_url=f"http://{url}" if url else None, joined=bool(address))
+
+
+GRAFANA_JSON = Path(__file__).resolve().parents[2] / "grafana" / "orchestrator.json"
+
+
+def provision_dashboard() -> Path | None:
+    """Put the studies' Grafana dashboard (grafana/orchestrator.json) beside Ray's own, in the folder
+    Ray provisions Grafana from (<session>/metrics/grafana/dashboards, or
+    $RAY_GRAFANA_DASHBOARD_OUTPUT_DIR): where this driver runs on the head, a Grafana started with
+    Ray's grafana.ini shows it in the "Ray" folder. Returns where it went, or None (not on the head)."""
+    import ray._private.worker
+
+    try:
+        node = ray._private.worker.global_worker.node
+        folder = Path(os.environ.get("RAY_GRAFANA_DASHBOARD_OUTPUT_DIR")
+                      or Path(node.get_session_dir_path()) / "metrics" / "grafana" / "dashboards")
+        if not folder.is_dir() or not GRAFANA_JSON.exists():
+            return None
+        target = folder / "orchestrator_grafana_dashboard.json"
+        shutil.copyfile(GRAFANA_JSON, target)
+        return target
+    except (AttributeError, OSError):  # no local node (a remote driver), or a folder it cannot write
+        return None
+
+
+def linger_for_metrics() -> None:
+    """Where a Prometheus scrapes this cluster ($RAY_PROMETHEUS_HOST, as cluster.yaml sets it): wait two
+    of Ray's metric export intervals, so that the run's last values (trial states, final metrics)
+    leave this driver and are scraped before it exits (Ray exports every metrics_report_interval_ms,
+    10 s by default, floored at 1 s)."""
+    import ray
+
+    if not os.environ.get("RAY_PROMETHEUS_HOST") or not ray.is_initialized():
+        return
+    try:
+        interval_s = max(ray._config.metrics_report_interval_ms(), 1000) / 1000
+    except Exception:
+        interval_s = 10.0
+    time.sleep(2 * interval_s)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -112,4 +155,5 @@ def stop(session: Session) -> None:
     import ray
 
     if session.owned and ray.is_initialized():
+        linger_for_metrics()
         ray.shutdown()

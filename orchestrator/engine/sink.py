@@ -24,6 +24,7 @@ from ray import tune
 
 from orchestrator import progress as progress_lines
 from orchestrator.engine.actors import root_cause
+from orchestrator.engine.metrics import STATE_OF, StudyMetrics
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.results.store import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, report_frame
 from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_FROM_KEY, RESUMED_KEY, TABLE_KEY
@@ -68,6 +69,20 @@ class RowSink:
         self.failure: Exception | None = None  # a write that failed, or a wait given up: the run stops
         self.early_stopped: set[str] = set()  # trial ids the scheduler stopped (STOPPED rows, not ABORTED)
         self.watcher = None  # waiting.Watcher, told that trials move
+        self.metrics = StudyMetrics(plan.study, plan.run_id, say)  # live metrics (metrics.py)
+        self.states = ["pending"] * len(plan.configs)  # each trial's state, for the metrics
+        self.metrics.states(self._counts())
+        self.metrics.waited(0.0)
+        workload = plan.workload
+        self.step_metrics = tuple(dict.fromkeys(m for m in (workload.metric, *(workload.selection or ())[:1],
+                                                            *(workload.early_stop or ())[:1]) if m))
+
+    def _counts(self) -> dict[str, int]:
+        return {state: self.states.count(state) for state in set(self.states)}
+
+    def _moved(self, index: int, state: str) -> None:
+        self.states[index] = state
+        self.metrics.states(self._counts())
 
     def fail(self, exc: Exception) -> None:
         if self.failure is None:
@@ -75,6 +90,9 @@ class RowSink:
 
     def started(self, index: int, trial_id: str) -> None:
         where = f"{self.plan.exp.scaling.num_workers} Train workers" if self.plan.distributed else "one process"
+        self._moved(index, "running")
+        rows = self.running.setdefault(index, _TrialRows())
+        self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
         self.say(f"[{self.plan.study}] {self.plan.names[index]}: started ({trial_id}, {where})")
 
     def result(self, index: int, trial_id: str, result: dict) -> None:
@@ -87,6 +105,7 @@ class RowSink:
             rows.restarts += 1
             if result[RESUMED_KEY] == "preemption":
                 rows.preempted_from.add(result.get(RESUMED_FROM_KEY, rows.restarts))
+            self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
         if result.get(TABLE_KEY) == NO_ROW:  # a checkpoint saved on a preemption notice, a resume: no row
             return
         frame = report_frame({k: v for k, v in result.items() if k not in TUNE_KEYS})
@@ -103,6 +122,7 @@ class RowSink:
         rows = self.running.setdefault(index, _TrialRows())
         rows.tables.clear()
         rows.failures += 1
+        self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
         self.say(f"[{self.plan.study}] {self.plan.names[index]}: failed, retried ({trial_id}, retry {rows.failures} of "
                  f"{self.plan.exp.scaling.max_failures})")
 
@@ -115,6 +135,8 @@ class RowSink:
         self.store.write(self.plan.study, "steps", part, frame.assign(**self.plan.ids(index, trial_id)),
                          self.plan.schema("steps"))
         self.running[index].last_step = frame.iloc[0].to_dict()
+        self.metrics.step(self.plan.names[index], step, self.plan.epochs(index), self.running[index].last_step,
+                          self.step_metrics)
         bar = progress_lines.for_run(self.plan.run_key)
         if bar is not None:
             bar.step(index, step)
@@ -158,6 +180,7 @@ class RowSink:
                              gpu_seconds=rows.wall_time_s * gpus)
         self.store.write(plan.study, "trials", plan.attempts[index], trial, plan.schema("trials"))
         self.written.append(trial)
+        self._ended_metrics(index, trial, status)
         bar = progress_lines.for_run(plan.run_key)
         if bar is not None:
             bar.end(index)
@@ -165,6 +188,17 @@ class RowSink:
         done = len(plan.configs) - len(self.running)
         self.say(f"[{plan.study}] trial {done}/{len(plan.configs)} {status.lower()}: {plan.names[index]} ({trial_id}, "
                  f"{len(trial)} row{'s' * (len(trial) != 1)}){f'  error: {error}' if error else ''}")
+
+    def _ended_metrics(self, index: int, trial: pd.DataFrame, status: str) -> None:
+        """Its state, and its result: the count of its rows' `headline_count` (minimax: lanes that
+        reached the saddle), else its row's metrics."""
+        counted = self.plan.workload.headline_count
+        if counted and counted in trial:
+            self.metrics.metric(self.plan.names[index], counted, int(trial[counted].fillna(False).astype(bool).sum()))
+        elif len(trial) == 1:
+            for name in self.step_metrics:
+                self.metrics.metric(self.plan.names[index], name, trial[name].iloc[0] if name in trial else None)
+        self._moved(index, STATE_OF.get(status, "failed"))
 
     def _ended_early(self, rows: _TrialRows, trial_id: str, error: str | None) -> tuple[str, str]:
         """A trial that ended before its final report: stopped by the scheduler (its last per-step

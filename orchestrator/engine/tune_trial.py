@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from orchestrator import progress as progress_file
-from orchestrator.engine.actors import REPORT_FILE, software, trial_config, where
+from orchestrator.engine.actors import REPORT_FILE, gpu_memory, software, trial_config, where
 from workloads.runtime import REPLAY_KEY, RESUMED_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state, save_state, table_of
 
 ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch, state digest and Tune values
@@ -94,7 +94,8 @@ class TuneRuntime(SingleProcess):
     def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         from ray import tune
 
-        payload = {**metrics, **(self.software if final else {}), **where(), TABLE_KEY: table_of(final, table)}
+        payload = {**metrics, **(self.software if final else {}), **where(), **gpu_memory(self.device),
+                   TABLE_KEY: table_of(final, table)}
         if checkpoint is None or not self.checkpoints:
             tune.report(payload)
             return

@@ -162,8 +162,11 @@ class Watcher:
     clock."""
 
     def __init__(self, say: Callable[[str], None], max_wait_s: float, types: list[NodeType] | None,
-                 on_give_up: Callable[[str], None], poll_s: float = 1.0, repeat_s: float = 30.0) -> None:
+                 on_give_up: Callable[[str], None], poll_s: float = 1.0, repeat_s: float = 30.0,
+                 on_waited: Callable[[float], None] | None = None) -> None:
         self.say, self.max_wait_s, self.types, self.on_give_up = say, max_wait_s, types, on_give_up
+        self.on_waited = on_waited  # told the run's total seconds of waiting for nodes, each poll that waits
+        self.waited_s, self._polled_at = 0.0, time.monotonic()
         self.poll_s, self.repeat_s = poll_s, repeat_s
         self._stop = threading.Event()
         self._waiting_since: float | None = None
@@ -202,13 +205,23 @@ class Watcher:
                 message = f"{len(pending)} trial(s) waiting for resources that no trial of this run holds: {held_by()}"
             else:  # no wait, or trials queue behind this run's running ones
                 self._waiting_since, self._said = None, ""
+                self._count_wait(time.monotonic(), False)
                 continue
             if self._wait(message, bool(pending)):
                 return
 
+    def _count_wait(self, now: float, ours_pending: bool) -> None:
+        """The run's total wait: the time since the previous poll, where this one finds its trials waiting."""
+        since, self._polled_at = min(now - self._polled_at, 2 * self.poll_s), now
+        if ours_pending:
+            self.waited_s += since
+            if self.on_waited is not None:
+                self.on_waited(self.waited_s)
+
     def _wait(self, message: str, ours_pending: bool) -> bool:
         """Say what the wait is for (when it changes, and every repeat_s); True when given up."""
         now = time.monotonic()
+        self._count_wait(now, ours_pending)
         self._waiting_since = (self._waiting_since or now) if ours_pending else None
         waited = now - self._waiting_since if self._waiting_since else 0.0
         if message != self._said or now - self._said_at >= self.repeat_s:

@@ -64,8 +64,8 @@ def _floats(*names: str) -> dict[str, str]:
 
 _RETRIEVAL = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("r1", "r5", "r10", "median_rank", "mean_rank")]
 _GAN_STEPS = {"epoch": "int", **_floats("loss_d", "loss_g", "d_x", "d_g_z", "images_per_s", "epoch_time_s",
-                                        "wall_time_s", "lr", "val_fid", "fid", "class_coverage", "class_entropy")}
-_CLIP_STEPS = {"epoch": "int", **_floats("loss", "images_per_s", "epoch_time_s", "wall_time_s", "temperature",
+                                        "wall_time_s", "lr", "val_fid", "fid", "class_coverage", "class_entropy", "gpu_memory_gb")}
+_CLIP_STEPS = {"epoch": "int", **_floats("loss", "images_per_s", "epoch_time_s", "wall_time_s", "temperature", "gpu_memory_gb",
                                          *[f"val_{m}" for m in _RETRIEVAL], "val_rsum")}
 
 WORKLOADS: dict[str, Workload] = {
