@@ -9,7 +9,7 @@ Measures, with a local Ray up: the time of one epoch report's recording (StudyMe
 restarts, as the sink calls them: 9 gauge values) and of the same calls with recording off (the
 bookkeeping around them); a GAN epoch of the local profile (train_images 12800, batch 64: 200 steps),
 from the step rate of the real gan_step at batch 64 on this CPU. Last line:
-`metrics: 41 us per epoch report, 1.1e-06 of a local GAN epoch (36.3 s)`.
+`metrics: 41 us per epoch report, 7.6e-07 of a local GAN epoch (53.8 s)`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ STUDY_SEL = 'study="{study}", run_id=~"$run_id"'
 STUDIES = {  # study -> (title, its metrics' names as the sink records them)
     "gan": ("GAN (FashionMNIST)", "fid|val_fid"),
     "clip": ("CLIP (Flickr8k)", "t2i_r10|val_rsum"),
-    "minimax": ("Minimax", "final_distance|reached"),
+    "minimax": ("Minimax", "reached"),  # per trial: its lanes that reached the saddle
 }
 
 
@@ -45,7 +45,7 @@ def study_panels(study: str, metrics: str, y: int, ids: iter) -> list[dict]:
         ("Throughput and GPU memory", [(f"max by (trial) (ray_orchestrator_trial_images_per_second{{{sel}}})",
                                         "{{trial}} images/s"),
                                        (f"max by (trial) (ray_orchestrator_trial_gpu_memory_gb{{{sel}}})",
-                                        "{{trial}} GPU GB")], "short"),
+                                        "{{trial}} GPU GiB")], "short"),
         ("Trials by state", [(f"max by (state) (ray_orchestrator_study_trials{{{study_sel}}})", "{{state}}")], "short"),
         ("Waits, preemptions, restarts", [(f"max (ray_orchestrator_study_wait_seconds{{{study_sel}}})", "waited for nodes (s)"),
                                           (f"max by (trial) (ray_orchestrator_trial_preemptions{{{sel}}})",
@@ -67,11 +67,13 @@ def dashboard() -> dict:
         panels += study_panels(study, metrics, y, ids)
         y += 17
 
-    def variable(name: str, metric: str, label: str) -> dict:
+    def variable(name: str, query: str, label: str, multi: bool) -> dict:
+        """A query variable; single-select ones start on the first value (sort 2: names descending, so the
+        latest run id, YYYYMMDD-HHMMSS-xxxx, comes first)."""
         return {"name": name, "label": label, "type": "query", "datasource": "${datasource}", "refresh": 2,
-                "query": {"query": f"label_values({metric}, {name})", "refId": f"{name}-query"},
-                "definition": f"label_values({metric}, {name})", "includeAll": True, "multi": True,
-                "allValue": ".*", "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 2}
+                "query": {"query": query, "refId": f"{name}-query"}, "definition": query, "includeAll": multi,
+                "multi": multi, "sort": 2, **({"allValue": ".*", "current": {"selected": True, "text": ["All"],
+                                                                              "value": ["$__all"]}} if multi else {})}
 
     return {
         "title": "Orchestrator studies", "uid": "orchestratorStudies", "version": 1, "schemaVersion": 27,
@@ -80,8 +82,8 @@ def dashboard() -> dict:
         "templating": {"list": [
             {"name": "datasource", "type": "datasource", "query": "prometheus", "hide": 2, "refresh": 1,
              "includeAll": False, "multi": False, "current": {"selected": False}},
-            variable("run_id", "ray_orchestrator_study_trials", "Run"),
-            variable("trial", "ray_orchestrator_trial_step", "Trial"),
+            variable("run_id", "label_values(ray_orchestrator_study_trials, run_id)", "Run", multi=False),
+            variable("trial", 'label_values(ray_orchestrator_trial_step{run_id=~"$run_id"}, trial)', "Trial", multi=True),
         ]},
     }
 

@@ -98,7 +98,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             failed += int((~trials["status"].isin(DONE)).sum()) if len(trials) else 0
             summary.append(_summary(exp, trials, time.perf_counter() - started))
     finally:
-        ray_session.stop(session)
+        ray_session.stop(session, linger=not interrupts._SIGNALLED)
     width = max(len(line[0]) for line in summary)
     progress.say(f"\nrun {run_id} ({args.profile}):")
     for study, text in summary:

@@ -14,9 +14,9 @@ fails a run: the first error turns recording off for the process, with one line.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
-import time
 from typing import Callable
 
 PREFIX = "orchestrator_"
@@ -31,7 +31,8 @@ GAUGES = {
     "trial_metric": ("a trial's latest study metric (val_fid, fid, val_rsum, t2i_r10, reached lanes...)",
                      ("trial", "metric")),
     "trial_images_per_second": ("a trial's training throughput in its latest epoch", ("trial",)),
-    "trial_gpu_memory_gb": ("peak GPU memory of a trial's rank 0 (torch.cuda.max_memory_allocated)", ("trial",)),
+    "trial_gpu_memory_gb": ("peak GPU memory (GiB) of a trial's rank 0's tensors (torch.cuda.max_memory_allocated)",
+                            ("trial",)),
     "trial_preemptions": ("spot preemptions a trial has resumed from", ("trial",)),
     "trial_restarts": ("restarts of a trial (resumes from a checkpoint, retried failures)", ("trial",)),
     "study_trials": ("this run's trials of a study, per state", ("state",)),
@@ -49,11 +50,12 @@ def _gauges() -> dict:
 
 
 class _Held:
-    """Every gauge value this process has set, set again every half export interval until Ray goes.
+    """Every gauge value this process has set, set again every half export interval until `stop()`.
     Ray's metrics agent forgets a gauge value that is not recorded again within two export intervals
     (ray/_private/telemetry/open_telemetry_metric_recorder.py, `_resolve_gauge_ttl_seconds`): without
     this, a trial's epoch would show in Prometheus for ~2 s after its report, and a finished trial's
-    last values not at all once the next one runs."""
+    last values not at all once the next one runs. Values are recorded under the lock, so a refresh
+    never puts back a value older than one just set."""
 
     def __init__(self) -> None:
         import ray
@@ -61,34 +63,47 @@ class _Held:
         self.values: dict[tuple, float] = {}  # (name, sorted tag items) -> the value last set
         self.lock = threading.Lock()
         self.period_s = max(ray._config.metrics_report_interval_ms(), 1000) / 2000
-        threading.Thread(target=self._loop, name="orchestrator-metrics", daemon=True).start()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="orchestrator-metrics", daemon=True)
+        self.thread.start()
 
     def set(self, name: str, value: float, tags: dict[str, str]) -> None:
         with self.lock:
             self.values[(name, tuple(sorted(tags.items())))] = value
-        _gauges()[name].set(value, tags=tags)
+            _gauges()[name].set(value, tags=tags)
 
     def _loop(self) -> None:
         import ray
 
-        while True:
-            time.sleep(self.period_s)
-            if not ray.is_initialized():  # Ray went (a test session's end): these values went with it
-                with self.lock:
-                    self.values.clear()
+        while not self.stopped.wait(self.period_s):
+            if not ray.is_initialized():  # Ray went under us: nothing to record into
                 continue
-            with self.lock:
-                held = list(self.values.items())
             try:
-                for (name, tags), value in held:
-                    _gauges()[name].set(value, tags=dict(tags))
-            except Exception:  # recording failed (see StudyMetrics._set): nothing more to refresh
+                with self.lock:
+                    for (name, tags), value in self.values.items():
+                        _gauges()[name].set(value, tags=dict(tags))
+            except Exception as exc:  # recording failed (StudyMetrics._set says why when it next records)
+                logging.getLogger(__name__).warning("live metrics: refreshing stopped (%s: %s)", type(exc).__name__, exc)
                 return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        with self.lock:
+            self.values.clear()
 
 
 @functools.lru_cache(maxsize=1)
 def _held() -> _Held:
     return _Held()
+
+
+def stop() -> None:
+    """Forget every held value and stop refreshing them (before this process's Ray shuts down: the
+    next session starts afresh, with its own export interval)."""
+    if _held.cache_info().currsize:
+        _held().stop()
+        _held.cache_clear()
 
 
 class StudyMetrics:
@@ -118,7 +133,7 @@ class StudyMetrics:
     def step(self, trial: str, step: int, total: int | None, row: dict, metrics: tuple[str, ...]) -> None:
         """A trial's epoch row: how far it is, its losses, its metrics, throughput and GPU memory."""
         self._set("trial_step", step, trial=trial)
-        self._set("trial_steps_total", total, trial=trial)
+        self._set("trial_steps_total", total or None, trial=trial)  # None: not known
         for loss in ("loss", "loss_d", "loss_g"):
             self._set("trial_loss", row.get(loss), trial=trial, loss=loss)
         for metric in metrics:

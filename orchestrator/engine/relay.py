@@ -21,20 +21,26 @@ import threading
 from ray.train.v2.api.callback import UserCallback
 
 
+END = "orchestrator: fit() returned"  # put after fit()'s last report: the relay's last item
+
+
 class ToTrial(UserCallback):
-    """Runs in Train's controller: each report's metrics (rank 0's, as TuneReportCallback sends) onto
-    the trial's queue; waits while the trial has not taken the previous one (one slot: Train's pace
-    stays Tune's)."""
+    """Runs in Train's controller: each report's metrics (the first reporting rank's, as
+    TuneReportCallback sends; with the checkpoint's path where it saved one) onto the trial's queue;
+    waits while the trial has not taken the previous one (one slot: Train's pace stays Tune's)."""
 
     def __init__(self, queue) -> None:
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.queue.put(dict(metrics[0]))
+        item = dict(metrics[0])
+        if checkpoint:
+            item["checkpoint_path"] = checkpoint.path
+        self.queue.put(item)
 
 
 def trial_queue():
-    """A one-slot queue actor on this trial's node."""
+    """A one-slot queue actor on this trial's node, owned by the trial (it goes with it)."""
     import ray
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -43,11 +49,13 @@ def trial_queue():
     return Queue(1, actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
-def fit_reporting(trainer, queue, poll_s: float = 0.2) -> None:
+def fit_reporting(trainer, queue) -> None:
     """`trainer.fit()` in a helper thread; every report it makes (through ToTrial) handed to Tune from
-    this thread, the last before this returns. Raises what fit() raised."""
+    this thread, in order, the last before this returns: the helper puts END after fit() returns, and
+    Train's controller put the last report before fit() could return. Raises what fit() raised. Tune
+    stopping the trial (ASHA, a failed run) ends this loop inside tune.report; the trial's actor,
+    and with it the Train run it owns, then goes."""
     from ray import tune
-    from ray.util.queue import Empty
 
     failure: list[BaseException] = []
 
@@ -56,14 +64,11 @@ def fit_reporting(trainer, queue, poll_s: float = 0.2) -> None:
             trainer.fit()
         except BaseException as exc:  # raised below, in the trial's thread
             failure.append(exc)
+        finally:
+            queue.put(END)
 
-    fitting = threading.Thread(target=fit, name="orchestrator-train-fit", daemon=True)
-    fitting.start()
-    while True:
-        try:
-            tune.report(queue.get(timeout=poll_s))
-        except Empty:
-            if not fitting.is_alive() and queue.empty():  # fit() is over and its last report is taken
-                break
+    threading.Thread(target=fit, name="orchestrator-train-fit", daemon=True).start()
+    while (item := queue.get()) != END:
+        tune.report(item)
     if failure:
         raise failure[0]

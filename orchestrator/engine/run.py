@@ -78,8 +78,11 @@ def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined
                              [plan.epochs(i) if by_epoch else 1 for i in range(len(plan.configs))],
                              "epoch" if by_epoch else "trial")
     step = lambda desc, done, total: progress_lines.step(f"[{plan.study}] {desc}", done, total)  # noqa: E731
-    with sink.watcher, bar, progress_lines.Tail(study_say, plan.artifact_dirs, plan.names, step=step):
-        tuner.fit()
+    try:
+        with sink.watcher, bar, progress_lines.Tail(study_say, plan.artifact_dirs, plan.names, step=step):
+            tuner.fit()
+    finally:
+        sink.stopped()
     if sink.failure is not None:
         raise sink.failure
     return sink.written

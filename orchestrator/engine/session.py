@@ -103,19 +103,22 @@ GRAFANA_JSON = Path(__file__).resolve().parents[2] / "grafana" / "orchestrator.j
 
 def provision_dashboard() -> Path | None:
     """Put the studies' Grafana dashboard (grafana/orchestrator.json) beside Ray's own, in the folder
-    Ray provisions Grafana from (<session>/metrics/grafana/dashboards, or
-    $RAY_GRAFANA_DASHBOARD_OUTPUT_DIR): where this driver runs on the head, a Grafana started with
-    Ray's grafana.ini shows it in the "Ray" folder. Returns where it went, or None (not on the head)."""
+    Ray provisions Grafana from (ray/dashboard/modules/metrics/metrics_head.py: <session>/metrics/
+    grafana/dashboards, or under $RAY_METRICS_OUTPUT_ROOT, or $RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR):
+    where this driver runs on the head, a Grafana started with Ray's grafana.ini shows it in the "Ray"
+    folder. Written whole (Grafana polls the folder). Returns where it went, or None (not on the head)."""
     import ray._private.worker
 
     try:
         node = ray._private.worker.global_worker.node
-        folder = Path(os.environ.get("RAY_GRAFANA_DASHBOARD_OUTPUT_DIR")
-                      or Path(node.get_session_dir_path()) / "metrics" / "grafana" / "dashboards")
+        root = Path(os.environ.get("RAY_METRICS_OUTPUT_ROOT") or Path(node.get_session_dir_path()) / "metrics")
+        folder = Path(os.environ.get("RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR") or root / "grafana" / "dashboards")
         if not folder.is_dir() or not GRAFANA_JSON.exists():
             return None
         target = folder / "orchestrator_grafana_dashboard.json"
-        shutil.copyfile(GRAFANA_JSON, target)
+        tmp = folder / f".{target.name}.{os.getpid()}"
+        shutil.copyfile(GRAFANA_JSON, tmp)
+        os.replace(tmp, target)
         return target
     except (AttributeError, OSError):  # no local node (a remote driver), or a folder it cannot write
         return None
@@ -151,9 +154,15 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise BackendError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def stop(session: Session) -> None:
+def stop(session: Session, linger: bool = True) -> None:
+    """Stop what this process started; first, with `linger`, give a scraping Prometheus the run's last
+    metrics (linger_for_metrics; not after an interrupt: a SLURM or Kubernetes stop gives seconds)."""
     import ray
 
+    from orchestrator.engine import metrics
+
     if session.owned and ray.is_initialized():
-        linger_for_metrics()
+        if linger:
+            linger_for_metrics()
+        metrics.stop()
         ray.shutdown()

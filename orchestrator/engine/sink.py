@@ -84,6 +84,12 @@ class RowSink:
         self.states[index] = state
         self.metrics.states(self._counts())
 
+    def stopped(self) -> None:
+        """The run is over: a trial still pending or running (a failed write, a wait given up, Ctrl-C:
+        Tune's callbacks stop) ends as aborted in the metrics, as its row will be rerun."""
+        self.states = [("aborted" if state in ("pending", "running") else state) for state in self.states]
+        self.metrics.states(self._counts())
+
     def fail(self, exc: Exception) -> None:
         if self.failure is None:
             self.failure = exc
@@ -191,13 +197,16 @@ class RowSink:
 
     def _ended_metrics(self, index: int, trial: pd.DataFrame, status: str) -> None:
         """Its state, and its result: the count of its rows' `headline_count` (minimax: lanes that
-        reached the saddle), else its row's metrics."""
+        reached the saddle), else its row's metrics. Never raises: the row is written already."""
         counted = self.plan.workload.headline_count
-        if counted and counted in trial:
-            self.metrics.metric(self.plan.names[index], counted, int(trial[counted].fillna(False).astype(bool).sum()))
-        elif len(trial) == 1:
-            for name in self.step_metrics:
-                self.metrics.metric(self.plan.names[index], name, trial[name].iloc[0] if name in trial else None)
+        try:
+            if counted and counted in trial:
+                self.metrics.metric(self.plan.names[index], counted, int(trial[counted].fillna(False).astype(bool).sum()))
+            elif len(trial) == 1:
+                for name in self.step_metrics:
+                    self.metrics.metric(self.plan.names[index], name, trial[name].iloc[0] if name in trial else None)
+        except (KeyError, TypeError, ValueError):  # a row without the expected columns: no metric, same row
+            pass
         self._moved(index, STATE_OF.get(status, "failed"))
 
     def _ended_early(self, rows: _TrialRows, trial_id: str, error: str | None) -> tuple[str, str]:
