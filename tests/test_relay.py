@@ -23,30 +23,37 @@ def trial(config):
 
 
 def run(tmp_path, fail: bool):
+    """The three trials' results, and what Tune's driver received of each (reports -> the `i`s)."""
     from ray import tune
 
+    class Received(tune.Callback):  # in this process: what reached Tune's controller, in order
+        def __init__(self) -> None:
+            self.by_trial: dict[int, list[int]] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.by_trial.setdefault(trial.config["reports"], []).append(result["i"])
+
+    received = Received()
     tuner = tune.Tuner(
         trial,
         param_space={"reports": tune.grid_search([1, 7, 40]), "fail": fail},
         tune_config=tune.TuneConfig(max_concurrent_trials=2, time_budget_s=180),  # a hang fails, not blocks
-        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0,
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0, callbacks=[received],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-    return tuner.fit()
+    return tuner.fit(), received.by_trial
 
 
 def test_every_report_reaches_tune_in_order_and_each_trial_ends(ray_session, tmp_path):
-    results = run(tmp_path, fail=False)
+    results, received = run(tmp_path, fail=False)
     assert len(results) == 3 and not results.errors
-    for result in results:
-        reported = list(result.metrics_dataframe["i"])
-        assert reported == list(range(result.config["reports"])), reported
+    assert all(result.metrics["done"] for result in results)  # each ended (no time budget hit)
+    assert received == {n: list(range(n)) for n in (1, 7, 40)}
 
 
 def test_a_failed_fit_fails_the_trial_after_every_report_it_made(ray_session, tmp_path):
-    results = run(tmp_path, fail=True)
+    results, received = run(tmp_path, fail=True)
     assert len(results.errors) == 3
     for result in results:
         assert "the Train run failed" in str(result.error)
-        assert list(result.metrics_dataframe["i"]) == list(range(result.config["reports"]))
-
+    assert received == {n: list(range(n)) for n in (1, 7, 40)}

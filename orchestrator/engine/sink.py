@@ -13,6 +13,7 @@ trial and every finished epoch. Import this module after `session.quiet_ray()` (
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time
@@ -70,25 +71,26 @@ class RowSink:
         self.early_stopped: set[str] = set()  # trial ids the scheduler stopped (STOPPED rows, not ABORTED)
         self.watcher = None  # waiting.Watcher, told that trials move
         self.metrics = StudyMetrics(plan.study, plan.run_id, say)  # live metrics (metrics.py)
-        self.states = ["pending"] * len(plan.configs)  # each trial's state, for the metrics
-        self.metrics.states(self._counts())
+        self.states = ["pending"] * len(plan.configs)  # each trial's state, for the metrics...
+        self.counts = collections.Counter(self.states)  # ...and how many are in each (O(1) a move)
+        self.metrics.states(self.counts)
         self.metrics.waited(0.0)
         workload = plan.workload
         self.step_metrics = tuple(dict.fromkeys(m for m in (workload.metric, *(workload.selection or ())[:1],
                                                             *(workload.early_stop or ())[:1]) if m))
 
-    def _counts(self) -> dict[str, int]:
-        return {state: self.states.count(state) for state in set(self.states)}
-
     def _moved(self, index: int, state: str) -> None:
+        self.counts[self.states[index]] -= 1
+        self.counts[state] += 1
         self.states[index] = state
-        self.metrics.states(self._counts())
+        self.metrics.states(self.counts)
 
     def stopped(self) -> None:
         """The run is over: a trial still pending or running (a failed write, a wait given up, Ctrl-C:
         Tune's callbacks stop) ends as aborted in the metrics, as its row will be rerun."""
         self.states = [("aborted" if state in ("pending", "running") else state) for state in self.states]
-        self.metrics.states(self._counts())
+        self.counts = collections.Counter(self.states)
+        self.metrics.states(self.counts)
 
     def fail(self, exc: Exception) -> None:
         if self.failure is None:

@@ -7,6 +7,7 @@ line, before Ray starts.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -120,7 +121,8 @@ class Experiment:
         points = self.trial_points()
         names = [sweeps.trial_name(self.study, {**self.set_values(c, o), **o}, c.seed if self.seeds > 1 else None)
                  for o, c in points]
-        return [f"{n}#{trial_key(c)[:6]}" if names.count(n) > 1 else n for n, (_, c) in zip(names, points)]
+        counts = collections.Counter(names)  # one pass (list.count per name was n^2 comparisons)
+        return [f"{n}#{trial_key(c)[:6]}" if counts[n] > 1 else n for n, (_, c) in zip(names, points)]
 
     def set_values(self, config: Any, swept: dict | None = None) -> dict:
         """The --set values of a trial's config that differ from the profile's (its sweep's aside): what
