@@ -66,7 +66,7 @@ def where() -> dict[str, str]:
 
 
 def gpu_memory(device) -> dict[str, float]:
-    """Peak GPU memory this process has allocated (GB, a column of every row), where it runs on a GPU."""
+    """Peak GPU memory this process's tensors have held (GiB, a column of every row), where it runs on a GPU."""
     import torch
 
     if torch.device(device).type != "cuda":

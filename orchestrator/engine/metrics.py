@@ -40,6 +40,14 @@ GAUGES = {
 }
 
 
+def export_interval_s() -> float:
+    """How often Ray exports this process's metrics: metrics_report_interval_ms (10 s by default),
+    floored at 1 s as Ray's emitter floors it (src/ray/stats/stats.h)."""
+    import ray
+
+    return max(ray._config.metrics_report_interval_ms(), 1000) / 1000
+
+
 @functools.lru_cache(maxsize=1)
 def _gauges() -> dict:
     """One Gauge per name for the process (Ray registers a metric by name; made once, on first use)."""
@@ -58,11 +66,9 @@ class _Held:
     never puts back a value older than one just set."""
 
     def __init__(self) -> None:
-        import ray
-
         self.values: dict[tuple, float] = {}  # (name, sorted tag items) -> the value last set
         self.lock = threading.Lock()
-        self.period_s = max(ray._config.metrics_report_interval_ms(), 1000) / 2000
+        self.period_s = export_interval_s() / 2
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="orchestrator-metrics", daemon=True)
         self.thread.start()

@@ -127,17 +127,14 @@ def provision_dashboard() -> Path | None:
 def linger_for_metrics() -> None:
     """Where a Prometheus scrapes this cluster ($RAY_PROMETHEUS_HOST, as cluster.yaml sets it): wait two
     of Ray's metric export intervals, so that the run's last values (trial states, final metrics)
-    leave this driver and are scraped before it exits (Ray exports every metrics_report_interval_ms,
-    10 s by default, floored at 1 s)."""
+    leave this driver and are scraped before it exits (metrics.export_interval_s: 10 s by default)."""
     import ray
 
     if not os.environ.get("RAY_PROMETHEUS_HOST") or not ray.is_initialized():
         return
-    try:
-        interval_s = max(ray._config.metrics_report_interval_ms(), 1000) / 1000
-    except Exception:
-        interval_s = 10.0
-    time.sleep(2 * interval_s)
+    from orchestrator.engine.metrics import export_interval_s
+
+    time.sleep(2 * export_interval_s())
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -85,6 +85,9 @@ class RowSink:
         self.states[index] = state
         self.metrics.states(self.counts)
 
+    def _restarts(self, index: int, rows: _TrialRows) -> None:
+        self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
+
     def stopped(self) -> None:
         """The run is over: a trial still pending or running (a failed write, a wait given up, Ctrl-C:
         Tune's callbacks stop) ends as aborted in the metrics, as its row will be rerun."""
@@ -100,7 +103,7 @@ class RowSink:
         where = f"{self.plan.exp.scaling.num_workers} Train workers" if self.plan.distributed else "one process"
         self._moved(index, "running")
         rows = self.running.setdefault(index, _TrialRows())
-        self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
+        self._restarts(index, rows)
         self.say(f"[{self.plan.study}] {self.plan.names[index]}: started ({trial_id}, {where})")
 
     def result(self, index: int, trial_id: str, result: dict) -> None:
@@ -113,7 +116,7 @@ class RowSink:
             rows.restarts += 1
             if result[RESUMED_KEY] == "preemption":
                 rows.preempted_from.add(result.get(RESUMED_FROM_KEY, rows.restarts))
-            self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
+            self._restarts(index, rows)
         if result.get(TABLE_KEY) == NO_ROW:  # a checkpoint saved on a preemption notice, a resume: no row
             return
         frame = report_frame({k: v for k, v in result.items() if k not in TUNE_KEYS})
@@ -130,7 +133,7 @@ class RowSink:
         rows = self.running.setdefault(index, _TrialRows())
         rows.tables.clear()
         rows.failures += 1
-        self.metrics.restarts(self.plan.names[index], len(rows.preempted_from), rows.restarts + rows.failures)
+        self._restarts(index, rows)
         self.say(f"[{self.plan.study}] {self.plan.names[index]}: failed, retried ({trial_id}, retry {rows.failures} of "
                  f"{self.plan.exp.scaling.max_failures})")
 
