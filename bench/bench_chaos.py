@@ -57,7 +57,8 @@ def main() -> None:
         for line in diff.details:
             print(f"  {line}")
         survived = len(log.interruptions) if log.attempts and log.attempts[-1] == 0 and same and not diff.torn else 0
-        print(f"chaos: {survived} interruptions survived, rows lost {diff.lost}, duplicates {diff.duplicates}")
+        print(f"chaos: {survived} interruptions survived, rows lost {diff.lost}, duplicates {diff.duplicates}, "
+              f"values differing {diff.differing}")
 
 
 if __name__ == "__main__":

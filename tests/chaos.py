@@ -30,6 +30,16 @@ ROW_KEYS = {
     ("clip", "steps"): ["trial_key", "epoch"],
     ("clip", "prompts"): ["trial_key", "prompt", "rank"],
 }
+# the numbers a resumed run must reproduce bit for bit (issue 22: every random stream and piece of
+# state restored), per table; wall times and throughput differ by nature
+VALUES = {
+    ("minimax", "trials"): ["final_distance", "rate", "reached"],
+    ("gan", "steps"): ["loss_d", "loss_g", "d_x", "d_g_z", "val_fid", "fid"],
+    ("gan", "trials"): ["loss_d", "loss_g", "val_fid", "fid", "class_coverage"],
+    ("clip", "steps"): ["loss", "temperature", "val_rsum", "val_t2i_r10"],
+    ("clip", "trials"): ["selected_epoch", "t2i_r1", "t2i_r10", "i2t_r10", "val_rsum"],
+}
+RESULT = ("TERMINATED", "STOPPED")  # a trial row's statuses that are results (store.DONE)
 
 
 def descendants(pid: int) -> list[int]:
@@ -169,12 +179,16 @@ def read_parts(table_dir: Path) -> tuple[pd.DataFrame, list[str]]:
 class Comparison:
     lost: int = 0  # rows of the reference missing here
     duplicates: int = 0  # rows here beyond one per reference row (repeats, or rows the reference lacks)
+    differing: int = 0  # rows whose VALUES differ from the reference's (not bit for bit)
+    ended_early: int = 0  # trial rows of interrupted runs (ABORTED, ERROR): on record beside the results
     torn: list[str] = field(default_factory=list)
     temporaries: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
 
 
 def compare_tables(reference: Path, results: Path) -> Comparison:
+    """Rows of `results` against `reference`'s: each result row once, with the same VALUES. Trial rows
+    of interrupted runs stay on record (a row per attempt and run) and are counted apart."""
     out = Comparison()
     out.temporaries = sorted(str(p.relative_to(results)) for p in results.glob("*/*.parquet/.*"))
     for (study, table), keys in ROW_KEYS.items():
@@ -183,6 +197,10 @@ def compare_tables(reference: Path, results: Path) -> Comparison:
         out.torn += torn + torn_ref
         if ref.empty and got.empty:
             continue
+        if table == "trials" and len(got):
+            out.ended_early += int((~got["status"].isin(RESULT)).sum())
+            got = got[got["status"].isin(RESULT)]
+        _compare_values(out, f"{study}/{table}", ref, got, keys, VALUES.get((study, table), []))
         ref_keys = set(map(tuple, ref[keys].astype(str).to_numpy())) if len(ref) else set()
         counts = got[keys].astype(str).value_counts() if len(got) else pd.Series(dtype=int)
         got_keys = set(counts.index)
@@ -193,6 +211,24 @@ def compare_tables(reference: Path, results: Path) -> Comparison:
         if lost or dup:
             out.details.append(f"{study}/{table}: {lost} lost, {dup} duplicated or extra")
     return out
+
+
+def _compare_values(out: Comparison, name: str, ref: pd.DataFrame, got: pd.DataFrame, keys: list[str],
+                   columns: list[str]) -> None:
+    """Rows matched on `keys` must hold the same `columns`, exactly (NaN equals NaN)."""
+    columns = [c for c in columns if c in ref and c in got]
+    if not columns or ref.empty or got.empty:
+        return
+    merged = ref[keys + columns].astype({k: str for k in keys}).merge(
+        got[keys + columns].astype({k: str for k in keys}).drop_duplicates(keys), on=keys, suffixes=("", "_got"))
+    for column in columns:
+        a, b = merged[column], merged[f"{column}_got"]
+        differ = ~((a == b) | (a.isna() & b.isna()))
+        if differ.any():
+            out.differing += int(differ.sum())
+            first = merged[differ].iloc[0]
+            out.details.append(f"{name}.{column}: {int(differ.sum())} rows differ, e.g. {dict(first[keys])}: "
+                               f"{first[column]!r} != {first[f'{column}_got']!r}")
 
 
 def report_numbers(text: str) -> list[str]:

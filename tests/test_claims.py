@@ -1,5 +1,5 @@
 """README and docs claims that no other test shows, each through the code a user runs: a run with a
-failed trial exits 1 with the cause in its row; `$ORCHESTRATOR_RESULTS`, `--storage` and
+failed trial exits 1 with the cause in its row, and a rerun keeps that row beside its own; `$ORCHESTRATOR_RESULTS`, `--storage` and
 `ORCHESTRATOR_CODE_VERSION` go where they say; `+dirty` marks a modified checkout; a node that
 declares a GPU torch cannot use fails the trial naming the node."""
 
@@ -23,9 +23,10 @@ def test_a_failed_trial_exits_1_with_its_cause_in_the_row(ray_session, data_dir,
     monkeypatch.setenv("ORCHESTRATOR_CODE_VERSION", "claims-test-1")
     provenance.code_version.cache_clear()  # computed once per process: as a fresh CLI process would
     request.addfinalizer(provenance.code_version.cache_clear)
-    code = main(["run", "gan", "--data-dir", data_dir, "--set", f"cache_dir={gan_cache}", "--set", "train_images=256",
-                 "--set", "epochs=2", "--set", "sample_epochs=2", "--set", "fid_images=200", "--set", "fail_at_epoch=2",
-                 "--set", "max_failures=0", "--storage", str(storage), "--no-dashboard"])
+    command = ["run", "gan", "--data-dir", data_dir, "--set", f"cache_dir={gan_cache}", "--set", "train_images=256",
+               "--set", "epochs=2", "--set", "sample_epochs=2", "--set", "fid_images=200", "--set", "fail_at_epoch=2",
+               "--set", "max_failures=0", "--storage", str(storage), "--no-dashboard"]
+    code = main(command)
     out = capsys.readouterr()
     assert code == 1, out.out[-2000:] + out.err[-2000:]
     (row,) = pd.read_parquet(results / "gan" / "trials.parquet").to_dict("records")
@@ -35,6 +36,17 @@ def test_a_failed_trial_exits_1_with_its_cause_in_the_row(ray_session, data_dir,
     assert list(steps["epoch"]) == [1] and (steps["code_version"] == "claims-test-1").all()
     assert list(storage.glob("*/checkpoint_*/state.pt")), sorted(str(p) for p in storage.rglob("*"))[:20]
     assert not (results / "_ray").exists()  # --storage replaced the default place
+
+    # the same command again (the hook fails once): it resumes after epoch 1 and finishes; the failed
+    # run's row stays on record beside the new one (a row per attempt and run), `report --run` finds it
+    assert main(command) == 0
+    rows = pd.read_parquet(results / "gan" / "trials.parquet").sort_values("run_id")
+    assert list(rows["status"]) == ["ERROR", "TERMINATED"] and rows["trial_key"].nunique() == 1, rows
+    from orchestrator.results.store import ResultStore
+
+    store = ResultStore(results)
+    assert list(store.current("gan")[0]["status"]) == ["TERMINATED"]
+    assert list(store.current("gan", rows["run_id"].iloc[0])[0]["status"]) == ["ERROR"]
 
 
 def test_code_version_is_the_commit_and_marks_a_modified_checkout(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def train_runs(url: str) -> list[dict]:
 def test_the_dashboard_lists_the_runs_train_runs_by_trial(data_dir, gan_cache, tmp_path):
     (exp,) = resolve("gan", "local", SETTINGS, sweeps=["lr=0.0002"], say=lambda _: None)
     # the trial's name (the study, its --set values, its swept ones), then its key
-    expected = f"{exp.trial_names()[0]}-{trial_key(exp.trial_configs()[0])}"
+    expected = f"{exp.trial_names()[0]}-{exp.key(exp.trial_configs()[0])}"
     assert exp.trial_names()[0].startswith("gan-") and exp.trial_names()[0].endswith(",lr=0.0002")
     cmd = [sys.executable, "-m", "orchestrator", "run", "gan", "--results", str(tmp_path), "--data-dir", data_dir,
            "--set", f"cache_dir={gan_cache}", *(arg for s in SETTINGS for arg in ("--set", s)), "--sweep", "lr=0.0002"]

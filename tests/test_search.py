@@ -134,8 +134,9 @@ def test_asha_stops_trailing_trials_early_and_resume_keeps_them(ray_session, dat
     i = args.index("--scheduler")
     assert main(args[:i] + args[i + 2:]) == 0
     after = pd.read_parquet(tmp_path / "results" / "clip" / "trials.parquet")
-    rerun = after[after["trial_key"].isin(stopped["trial_key"])]
+    rerun = after[after["trial_key"].isin(stopped["trial_key"]) & (after["run_id"] == after["run_id"].max())]
     assert len(rerun) == len(stopped) and (rerun["status"] == "TERMINATED").all(), rerun[["trial_name", "status"]]
+    assert (after["status"] == "STOPPED").sum() == len(stopped)  # the ASHA run's rows stay on record
     last = pd.read_parquet(tmp_path / "results" / "clip" / "steps.parquet").groupby("trial_key")["epoch"].max()
     assert (last[stopped["trial_key"]] == 8).all()  # to their last epoch
 

@@ -19,9 +19,10 @@ from orchestrator.cli.args import default_results
 from orchestrator.results.provenance import code_version
 from orchestrator.results.runlock import LockHeld, RunLock
 from orchestrator.results.store import DONE, FINISHED, STOPPED, ResultStore, StoreError
+from orchestrator.studies.experiments import EXPERIMENTS
 from orchestrator.studies.registry import WORKLOADS
 from orchestrator.studies.resolve import preflight, resolve
-from orchestrator.studies.spec import Experiment, SpecError, trial_key
+from orchestrator.studies.spec import Experiment, SpecError, legacy_key, result_scaling
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,10 +57,10 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     from orchestrator.engine import session as ray_session
     from orchestrator.engine import trackers
 
-    keys = {e.study: [trial_key(c) for c in e.trial_configs()] for e in experiments}
+    keys = {e.study: e.trial_keys() for e in experiments}
     # trials ASHA stopped early are results of an ASHA run; another scheduler runs them to their end
-    done = {e.study: pd.DataFrame() if args.fresh else store.finished(e.study, keys[e.study], e.scheduler == "asha")
-            for e in experiments}
+    done = {e.study: pd.DataFrame() if args.fresh else
+            store.finished(e.study, keys[e.study], e.scheduler == "asha", _legacy_aliases(e)) for e in experiments}
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
         preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here
@@ -108,15 +109,26 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     return 1 if failed else 0
 
 
+def _legacy_aliases(exp: Experiment) -> dict[str, str]:
+    """Format 2's key of each trial -> its key now: rows written before format 3 stay results. Format 2
+    keys left the Scaling out: its rows count for runs at their profile's (e.g. the local GAN's 2 workers)."""
+    if result_scaling(exp.scaling) != result_scaling(EXPERIMENTS[exp.study][exp.profile].scaling):
+        return {}
+    return {legacy_key(c): exp.key(c) for c in exp.trial_configs()}
+
+
 def _spec_frame(exp: Experiment, keys: list[str], done: pd.DataFrame, run_id: str, profile: str) -> pd.DataFrame:
-    """One row per trial of this run's spec (the `runs` table)."""
+    """One row per trial of this run's spec (the `runs` table); `stored_key`: the key its kept rows are
+    stored under (format 2's, for rows written before format 3), so later runs find them by it."""
     kept = set(done["trial_key"]) if len(done) else set()
+    stored = dict(zip(done["trial_key"], done["stored_key"])) if len(done) and "stored_key" in done else {}
     # params: what --set and the sweep set for each trial (random draws included), as JSON: the record
     # of how the run differs from the profile, and of the draws
     params = [json.dumps({**exp.set_values(c, o), **o}, default=str, sort_keys=True) for o, c in exp.trial_points()]
     return pd.DataFrame({"run_id": run_id, "study": exp.study, "profile": profile, "trial_index": range(len(keys)),
                          "trial_key": keys, "trial_name": exp.trial_names(), "params": params, "scheduler": exp.scheduler,
-                         "kept": [k in kept for k in keys], "code_version": code_version(), "started_at": time.time()})
+                         "kept": [k in kept for k in keys], "stored_key": [stored.get(k, k) for k in keys],
+                         "code_version": code_version(), "started_at": time.time()})
 
 
 def _say_other_versions(study: str, done: pd.DataFrame) -> None:

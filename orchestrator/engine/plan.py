@@ -1,9 +1,10 @@
 """What one Tune run of an experiment runs: its pending trials, and the names of their files.
 
-A trial's files (its Parquet parts, artifacts, Train run) are named by its key, the digest of its
-config (`key-run_id` under --fresh), so that a rerun of an interrupted run finds them: Train V2
-resumes a run from its storage by name, and the steps of a trial row are those of its attempt,
-across the runs that resumed it.
+A trial's files (its steps parts, artifacts, Train run) are named by its attempt: its key, the
+digest of what sets its result (`key-run_id` under --fresh), so that a rerun of an interrupted run
+finds them: Train V2 resumes a run from its storage by name, and the steps of a trial row are those
+of its attempt, across the runs that resumed it. Its row is named by attempt and run: every run's
+ending of a trial (an ERROR, then a TERMINATED) stays on record.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from orchestrator.results import schemas
 from orchestrator.results.provenance import code_version
 from orchestrator.results.store import ResultStore, config_columns
 from orchestrator.studies.registry import Workload
-from orchestrator.studies.spec import Experiment, trial_key
+from orchestrator.studies.spec import Experiment
 
 
 @dataclass
@@ -50,9 +51,9 @@ class TrialPlan:
         skip = set(kept["trial_key"]) if len(kept) else set()
         points = exp.trial_points()
         pending = [(point, config, name) for (point, config), name in zip(points, exp.trial_names())
-                   if trial_key(config) not in skip]
+                   if exp.key(config) not in skip]
         params, configs, names = ([p[i] for p in pending] for i in range(3))
-        keys = [trial_key(c) for c in configs]
+        keys = [exp.key(c) for c in configs]
         attempts = [f"{key}-{run_id}" if fresh else key for key in keys]
         return cls(exp, workload, run_id, kept, params, configs, names, keys, attempts,
                    [str((store.root / exp.study / "artifacts" / a).resolve()) for a in attempts],
@@ -112,6 +113,11 @@ class TrialPlan:
     def epochs(self, index: int) -> int:
         """Trial `index`'s epochs (0: the workload reports no steps)."""
         return int(getattr(self.configs[index], "epochs", 0) or 0) if self.workload.step_key else 0
+
+    def row_part(self, index: int) -> str:
+        """The name of trial `index`'s row in this run: its attempt and the run (once under --fresh)."""
+        attempt = self.attempts[index]
+        return attempt if attempt.endswith(self.run_id) else f"{attempt}-{self.run_id}"
 
     def ids(self, index: int, trial_id: str) -> dict[str, Any]:
         """The columns that say which trial, attempt and run a row belongs to."""

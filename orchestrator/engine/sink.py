@@ -28,6 +28,7 @@ from orchestrator.engine.actors import root_cause
 from orchestrator.engine.metrics import STATE_OF, StudyMetrics
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.results.store import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, report_frame
+from orchestrator.studies.spec import defaults_key
 from workloads.runtime import NO_ROW, REPLAY_KEY, RESUMED_FROM_KEY, RESUMED_KEY, TABLE_KEY
 
 EPOCH_LINE_EVERY_S = 10.0  # a trial's epoch lines: at most one per this many seconds (and its first, last, sampled)
@@ -188,8 +189,8 @@ class RowSink:
         trial = trial.assign(**plan.ids(index, trial_id), status=status, error=error, wall_time_s=rows.wall_time_s,
                              node_types=",".join(sorted(rows.node_types)), preemptions=len(rows.preempted_from),
                              restarts=rows.restarts + rows.failures, cpu_seconds=rows.wall_time_s * cpus,
-                             gpu_seconds=rows.wall_time_s * gpus)
-        self.store.write(plan.study, "trials", plan.attempts[index], trial, plan.schema("trials"))
+                             gpu_seconds=rows.wall_time_s * gpus, defaults_key=defaults_key(plan.configs[index]))
+        self.store.write(plan.study, "trials", plan.row_part(index), trial, plan.schema("trials"))
         self.written.append(trial)
         self._ended_metrics(index, trial, status)
         bar = progress_lines.for_run(plan.run_key)

@@ -35,12 +35,13 @@ WORKER = {"ray_version": "str", "torch_version": "str", "device": "str", "device
 TRIAL = {"status": "str", "error": "str", "wall_time_s": "float",  # engine/sink.py: how the trial ended
          # ...and what it cost: the node types it ran on, the preemption notices it checkpointed on, the
          # times it resumed (any cause), and what it held: wall time x the CPUs / GPUs it asked for
-         "node_types": "str", "preemptions": "int", "restarts": "int", "cpu_seconds": "float", "gpu_seconds": "float"}
+         "node_types": "str", "preemptions": "int", "restarts": "int", "cpu_seconds": "float", "gpu_seconds": "float",
+         "defaults_key": "str"}  # the config class's defaults (spec.defaults_key): the key's meaning
 CHECKPOINTED = {"checkpoint_digest": "str", "restored_from": "str", "restored_digest": "str"}  # steps: Tune
 # checkpoints of single-process trials (PBT): the state's digest, and what a restore (an exploit) loaded
 RUNS = {"run_id": "str", "study": "str", "profile": "str", "trial_index": "int", "trial_key": "str",
-        "trial_name": "str", "params": "str", "scheduler": "str", "kept": "bool", "code_version": "str",
-        "started_at": "float"}  # cli/run.py: _spec_frame
+        "trial_name": "str", "params": "str", "scheduler": "str", "kept": "bool", "stored_key": "str",
+        "code_version": "str", "started_at": "float"}  # cli/run.py: _spec_frame
 
 
 def config_types(config: Any, exclude: tuple[str, ...] = ()) -> dict[str, str]:

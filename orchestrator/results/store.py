@@ -1,7 +1,9 @@
 """Metric rows -> Parquet tables, written atomically by the driver (never by workers).
 
-Layout: `<root>/<study>/<table>.parquet/` is a directory of Parquet files, one per finished trial
-(`<run_id>-<trial_key>.parquet`), so runs accumulate and `pandas.read_parquet(dir)` reads them all.
+Layout: `<root>/<study>/<table>.parquet/` is a directory of Parquet files: a trial row per attempt and
+run (`<attempt>-<run_id>.parquet`: a rerun never overwrites an earlier run's row), steps per attempt
+and epoch (`<attempt>-<epoch>.parquet`: a resumed run continues its attempt's), so runs accumulate
+and `pandas.read_parquet(dir)` reads them all.
 Each file is written to a hidden temporary name and renamed into place: readers (pyarrow skips
 names starting with '.' or '_') see a whole file or none, whenever the process dies.
 """
@@ -24,7 +26,8 @@ import pyarrow.parquet as pq
 from orchestrator.results import schemas
 from workloads.common import TMP_MARK, atomic_path
 
-FORMAT_VERSION = 2  # bump when the table layout changes incompatibly (2: trial keys without local paths)
+FORMAT_VERSION = 3  # bump when the table layout changes incompatibly (3: keys from the fields off their defaults)
+READABLE = (2, 3)  # formats this version reads; a format-2 folder is marked 3 by the first run that writes to it
 MARKER = "orchestrator-results.json"
 TABLES = ("trials", "steps")
 FINISHED = "TERMINATED"  # the status of a trial that ran to its end
@@ -71,9 +74,7 @@ class ResultStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             marker = self.root / MARKER
-            if marker.exists():
-                self._check_version(marker)
-            else:
+            if not marker.exists() or self._check_version(marker) != FORMAT_VERSION:
                 _atomic_write_bytes(marker, json.dumps({"format_version": FORMAT_VERSION}).encode())
             probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", delete=True)
             probe.close()
@@ -86,16 +87,17 @@ class ResultStore:
             raise StoreError(f"no results in {self.root}: run `python -m orchestrator run ...` first")
         self._check_version(marker)
 
-    def _check_version(self, marker: Path) -> None:
+    def _check_version(self, marker: Path) -> int:
         try:
             version = json.loads(marker.read_text()).get("format_version")
         except (OSError, ValueError, AttributeError):
             raise StoreError(f"{marker} is unreadable: not a results directory of this tool?") from None
-        if version != FORMAT_VERSION:
+        if version not in READABLE:
             raise StoreError(
-                f"{self.root} holds results format {version}, this version writes {FORMAT_VERSION}: "
-                "use another --results directory"
+                f"{self.root} holds results format {version}, this version reads "
+                f"{'/'.join(map(str, READABLE))} and writes {FORMAT_VERSION}: use another --results directory"
             )
+        return version
 
     def table_dir(self, study: str, table: str) -> Path:
         return self.root / study / f"{table}.parquet"
@@ -125,17 +127,34 @@ class ResultStore:
     def exists(self, study: str, table: str, name: str) -> bool:
         return (self.table_dir(study, table) / f"{name}.parquet").exists()
 
-    def finished(self, study: str, keys: list[str], keep_stopped: bool = False) -> pd.DataFrame:
+    def finished(self, study: str, keys: list[str], keep_stopped: bool = False,
+                 aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
         """Trial rows among `keys` that finished in an earlier run, each trial's from its latest
         finished run (a trial may have many rows: minimax writes one per learning rate); with
-        `keep_stopped` (an ASHA run), trials ASHA stopped early count as finished."""
-        return latest_finished(self.read(study, "trials"), keys, keep_stopped)
+        `keep_stopped` (an ASHA run), trials ASHA stopped early count as finished. Rows stored under
+        another key (`aliases`: format 2's key of a trial -> today's; and those earlier runs recorded)
+        count as their trial's, `stored_key` saying what they were stored under."""
+        trials = self._aliased(study, self.read(study, "trials"), aliases)
+        return latest_finished(trials, keys, keep_stopped)
+
+    def _aliased(self, study: str, trials: pd.DataFrame, aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
+        """`trials` with each row's trial_key mapped through `aliases` and the aliases earlier runs
+        recorded (the runs table's stored_key -> trial_key), its stored key kept as `stored_key`."""
+        if trials.empty or "trial_key" not in trials:
+            return trials
+        runs = self.read(study, "runs")
+        if "stored_key" in runs:
+            moved = runs.dropna(subset=["stored_key"])
+            moved = moved[moved["stored_key"] != moved["trial_key"]]
+            aliases = {**dict(zip(moved["stored_key"], moved["trial_key"])), **(aliases or {})}
+        aliases = aliases or {}
+        return trials.assign(stored_key=trials["trial_key"], trial_key=[aliases.get(k, k) for k in trials["trial_key"]])
 
     def current(self, study: str, run_id: str | None = None) -> tuple[pd.DataFrame, int]:
         """(rows, trials missing): by default the study's current results, i.e. for each trial of
         the spec of its latest `run`, its latest finished rows, whichever run produced them; with
         `run_id`, that run's rows alone (missing 0)."""
-        trials = self.read(study, "trials")
+        trials = self._aliased(study, self.read(study, "trials"))
         if trials.empty:
             raise StoreError(f"no trials recorded yet for {study} in {self.root}")
         if run_id is not None:

@@ -14,7 +14,7 @@ from orchestrator import progress
 from orchestrator.studies import sweeps as sweep_grammar
 from orchestrator.studies.experiments import EXPERIMENTS, studies
 from orchestrator.studies.registry import WORKLOADS
-from orchestrator.studies.spec import Experiment, SpecError, split_overrides, trial_key
+from orchestrator.studies.spec import Experiment, SpecError, split_overrides
 from workloads.common import CACHE_ENV, DATA_ENV
 
 
@@ -56,7 +56,7 @@ def resolve(study: str, profile: str, overrides: list[str], data_dir: str | None
                 exp = dataclasses.replace(exp, scheduler=scheduler)
         if exp.scaling.use_gpu and not WORKLOADS[name].gpu:
             raise SpecError(f"{name}: use_gpu=true, but its trials are NumPy: they never use a GPU")
-        keys = [trial_key(c) for c in exp.trial_configs()]
+        keys = exp.trial_keys()
         if len(set(keys)) < len(keys):
             raise SpecError(f"{name}: {len(keys) - len(set(keys))} trials repeat others (e.g. --sweep seed=... with "
                             "--seeds N > 1 gives overlapping seeds): sweep seeds with --seeds alone")
@@ -112,9 +112,9 @@ def preflight(experiments: list[Experiment], on_cluster: bool = False) -> None:
                             "fine-tuned encoders): run them as two runs")
         seen = set()
         for config in exp.trial_configs():
-            if trial_key(config) in seen:
+            if exp.key(config) in seen:
                 continue
-            seen.add(trial_key(config))
+            seen.add(exp.key(config))
             try:
                 WORKLOADS[exp.study].check(config, say=progress.terminal(exp.study))
             except (OSError, ValueError, ImportError) as exc:

@@ -22,14 +22,73 @@ from orchestrator.studies import sweeps
 # Fields that say where things are on this machine, not what the trial computes: moving the data
 # folder or the cache must not change a trial's identity (nor break resume).
 LOCAL_FIELDS = ("data_dir", "cache_dir")
+# Scaling fields that change what a trial computes: the DDP world size (each rank's share of a batch,
+# BatchNorm's per-rank statistics, the sampler's shards), the device (CUDA's kernels are not the CPU's)
+# and SyncBatchNorm (it acts only on multi-GPU DDP). The others (gpus_per_worker, cpus_per_worker,
+# retries, waits) say how trials share nodes and recover, not what they compute: a trial packed at
+# 0.25 GPU computes what it computes on a whole one.
+RESULT_SCALING = ("num_workers", "use_gpu", "sync_bn")
 
 
-def trial_key(config: Any) -> str:
-    """A trial's identity: a digest of its config without machine-local paths (same config, same key,
-    on every run and every machine). The code version is not part of it: rows record it instead."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in LOCAL_FIELDS}
-    blob = json.dumps(fields, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+def trial_key(config: Any, scaling: "Scaling | None" = None) -> str:
+    """A trial's identity: a digest of what sets its result, i.e. the config fields that differ from
+    the config class's defaults (machine-local paths aside) and the result-relevant Scaling fields that
+    differ from Scaling's. Same computation, same key, on every run and every machine; a config that
+    gains a field at its default keeps its keys (the results before it stay results). The code version
+    is not part of it (rows record it), nor are the defaults themselves (rows record `defaults_key`)."""
+    moved = {k: v for k, v in _moved(config).items() if k not in LOCAL_FIELDS}
+    if scaling is not None:
+        moved.update({f"scaling.{k}": v for k, v in result_scaling(scaling).items()})
+    return _digest(moved)
+
+
+def result_scaling(scaling: "Scaling") -> dict[str, Any]:
+    """The RESULT_SCALING fields off their defaults, sync_bn only where it acts (use_gpu, several workers)."""
+    moved = {k: v for k, v in _moved(scaling).items() if k in RESULT_SCALING}
+    if not (scaling.use_gpu and scaling.num_workers > 1):
+        moved.pop("sync_bn", None)
+    return moved
+
+
+def defaults_key(config: Any) -> str:
+    """A digest of the config class's defaults (recorded in trial rows): two rows of one trial key
+    whose defaults_key differ were computed under different defaults, e.g. across a code change."""
+    return _digest({f.name: _default(f) for f in dataclasses.fields(config) if f.name not in LOCAL_FIELDS})
+
+
+def legacy_key(config: Any) -> str:
+    """The trial key of results format 2 (every field but local paths): how rows written before
+    format 3 name their trials; the store maps them to today's keys (ResultStore.finished)."""
+    return _digest({k: v for k, v in dataclasses.asdict(config).items() if k not in LOCAL_FIELDS})
+
+
+def _moved(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass instance whose values differ from its class's defaults (compared as
+    JSON: (10, 30) equals [10, 30]); a field without a default always counts."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = _default(f)
+        if default is dataclasses.MISSING or _json(value) != _json(default):
+            out[f.name] = value
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _json(value: Any) -> str:
+    return json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value, sort_keys=True,
+                      default=str)
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -115,6 +174,13 @@ class Experiment:
     def trial_configs(self) -> list[Any]:
         return [config for _, config in self.trial_points()]
 
+    def key(self, config: Any) -> str:
+        """A trial's key under this experiment's scaling (trial_key)."""
+        return trial_key(config, self.scaling)
+
+    def trial_keys(self) -> list[str]:
+        return [self.key(c) for c in self.trial_configs()]
+
     def trial_names(self) -> list[str]:
         """Readable names, e.g. `gan-lr=0.0002,beta1=0.5` (`,seed=43` with several seeds); names that
         rounding makes equal (lr=1e-4 and 1.00001e-4) get their trial key's start: names stay unique."""
@@ -122,7 +188,7 @@ class Experiment:
         names = [sweeps.trial_name(self.study, {**self.set_values(c, o), **o}, c.seed if self.seeds > 1 else None)
                  for o, c in points]
         counts = collections.Counter(names)  # one pass (list.count per name was n^2 comparisons)
-        return [f"{n}#{trial_key(c)[:6]}" if counts[n] > 1 else n for n, (_, c) in zip(names, points)]
+        return [f"{n}#{self.key(c)[:6]}" if counts[n] > 1 else n for n, (_, c) in zip(names, points)]
 
     def set_values(self, config: Any, swept: dict | None = None) -> dict:
         """The --set values of a trial's config that differ from the profile's (its sweep's aside): what
