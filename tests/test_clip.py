@@ -197,6 +197,22 @@ def ddp_clip(ray_session, data_dir, tmp_path_factory):
     return results
 
 
+def test_a_ddp_clip_trial_resumed_after_a_crash_ends_with_its_uninterrupted_twins_numbers(ddp_clip, data_dir,
+                                                                                          tmp_path):
+    """2 Train workers, rank 0 crashing in epoch 2 (the group restarts from epoch 1's checkpoint) vs the
+    same trial uninterrupted: every loss, recall and the selected epoch bit for bit (issue 22)."""
+    results = tmp_path / "twin"
+    code = main(["run", "clip", "--results", str(results), "--data-dir", data_dir, *TINY, "--set",
+                 f"cache_dir={tmp_path / 'cache'}", "--set", "num_workers=2", "--set", "cpus_per_worker=1",
+                 "--no-dashboard"])
+    assert code == 0
+    for table, columns in (("steps", ["epoch", "loss", "temperature", "val_rsum", "val_t2i_r10", "val_i2t_r1"]),
+                           ("trials", ["selected_epoch", "t2i_r1", "t2i_r10", "i2t_r10", "val_rsum", "world_size"])):
+        twin = pd.read_parquet(results / "clip" / f"{table}.parquet")[columns].sort_values(columns[0])
+        resumed = pd.read_parquet(ddp_clip / "clip" / f"{table}.parquet")[columns].sort_values(columns[0])
+        pd.testing.assert_frame_equal(resumed.reset_index(drop=True), twin.reset_index(drop=True), check_exact=True)
+
+
 def test_ddp_clip_trial_resumes_and_writes_every_table(ddp_clip):
     trials = pd.read_parquet(ddp_clip / "clip" / "trials.parquet")
     steps = pd.read_parquet(ddp_clip / "clip" / "steps.parquet")

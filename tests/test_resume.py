@@ -1,6 +1,7 @@
 """Killing the driver of a run and running the same command again finishes only what is missing:
 the finished epochs are kept, the Train run resumes from its last checkpoint, each epoch appears
-once. A real process is killed (SIGKILL to the whole process group), nothing is mocked."""
+once, with the numbers of an uninterrupted twin bit for bit. A real process is killed (SIGKILL to the
+whole process group), nothing is mocked."""
 
 import os
 import signal
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from tests.chaos import compare_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +52,13 @@ def test_killed_run_resumes_from_its_checkpoint(data_dir, gan_cache, tmp_path):
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert third.returncode == 0 and "nothing to run" in third.stdout
     assert len(pd.read_parquet(results / "gan" / "trials.parquet")) == 1
+
+    # bit-exact (issue 22): the uninterrupted twin ends with the same losses and FIDs, epoch by epoch
+    twin = subprocess.run([*cmd[:cmd.index("--results") + 1], str(tmp_path / "twin"), *cmd[cmd.index("--results") + 2:]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert twin.returncode == 0, twin.stderr[-2000:]
+    diff = compare_tables(tmp_path / "twin", results)
+    assert diff.lost == diff.duplicates == diff.differing == 0, diff.details
 
 
 def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_all(ray_session, tmp_path, capsys):

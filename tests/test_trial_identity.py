@@ -13,14 +13,14 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.results.store import FORMAT_VERSION, MARKER, ResultStore
-from orchestrator.studies import EXPERIMENTS, Scaling
+from orchestrator.studies import EXPERIMENTS, WORKLOADS, Scaling, resolve
 from orchestrator.studies.spec import defaults_key, legacy_key, trial_key
 
 V2 = Path(__file__).parent / "data" / "results-v2"
 # the commands that wrote tests/data/results-v2 (its README)
 MINIMAX = ["run", "minimax", "--set", "num_lrs=8", "--set", "steps=200", "--no-dashboard"]
-GAN = ["run", "gan", "--set", "epochs=1", "--set", "train_images=256", "--set", "fid_images=64", "--set",
-       "sample_epochs=1", "--sweep", "lr=1e-4,2e-4", "--no-dashboard"]
+GAN_SET = ["epochs=1", "train_images=256", "fid_images=64", "sample_epochs=1"]
+GAN = ["run", "gan", *(a for s in GAN_SET for a in ("--set", s)), "--sweep", "lr=1e-4,2e-4", "--no-dashboard"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ def test_a_config_that_gains_a_field_at_its_default_keeps_its_keys():
 def test_the_key_covers_the_scaling_fields_that_change_the_result():
     config = EXPERIMENTS["gan"]["local"].config
     base = trial_key(config, Scaling())
+    assert trial_key(config, Scaling(), "gan") != trial_key(config, Scaling(), "clip")  # studies never share keys
     assert trial_key(config, Scaling(num_workers=2)) != base  # world size: per-rank batches and BatchNorm
     assert trial_key(config, Scaling(use_gpu=True)) != base  # CUDA kernels
     gpus2 = Scaling(use_gpu=True, num_workers=2)
@@ -98,7 +99,7 @@ def test_a_results_folder_of_the_previous_format_keeps_its_finished_trials(older
         assert missing == 0 and len(current) == len(rows) and set(current["trial_key"]) == set(latest["trial_key"])
     # later runs find them through what that run recorded, even once format 2's digest no longer
     # matches (a field added to the config changes it)
-    monkeypatch.setattr("orchestrator.cli.run.legacy_key", lambda config: "no-such-key")
+    monkeypatch.setattr("orchestrator.cli.kept.legacy_key", lambda config: "no-such-key")
     assert main(MINIMAX) == 0 and "already finished" in capsys.readouterr().out
     assert main(["report"]) == 0  # every study's page, from the kept rows
     page = (older_results / "report.html").read_text()
@@ -115,3 +116,55 @@ def test_a_results_folder_of_an_older_format_is_refused_in_one_line(older_result
     assert sorted(p.relative_to(older_results) for p in older_results.rglob("*.parquet")) == parts  # untouched
     assert json.loads((older_results / MARKER).read_text())["format_version"] == 1
 
+
+
+def test_one_process_trials_key_no_workers_and_pbt_trials_are_their_own():
+    """PBT trials and frozen-encoder CLIP trials are single processes: num_workers does not change
+    them; a PBT trial (its hyperparameters moved) is never a FIFO trial's result."""
+    gan = EXPERIMENTS["gan"]["local"].with_sweep({"lr": "1e-4,2e-4"})
+    pbt = dataclasses.replace(gan, scheduler="pbt")
+    assert set(pbt.trial_keys()).isdisjoint(gan.trial_keys())
+    assert pbt.with_overrides({"num_workers": "1"}).trial_keys() == pbt.trial_keys()
+    assert gan.with_overrides({"num_workers": "1"}).trial_keys() != gan.trial_keys()
+    clip = EXPERIMENTS["clip"]["local"]
+    assert not any(WORKLOADS["clip"].runs_distributed(c) for c in clip.trial_configs())  # frozen encoders
+    assert clip.with_overrides({"num_workers": "4"}).trial_keys() == clip.trial_keys()
+    assert len(set(EXPERIMENTS[s]["local"].key(EXPERIMENTS[s]["local"].config) for s in EXPERIMENTS)) == len(EXPERIMENTS)
+
+
+def test_format_2_rows_of_another_scaling_or_moved_defaults_are_run_again(older_results):
+    """Format 2 did not key the Scaling: its 2-worker GAN rows (world_size 2) are no results for a
+    1-worker run. A kept row whose recorded config differs from today's on a field at its default
+    (here: rows written when minimax's record_points default was 30) is another computation."""
+    from orchestrator.cli.kept import kept_rows
+
+    store, said = ResultStore(older_results), []
+    gan = resolve("gan", "local", GAN_SET, sweeps=["lr=1e-4,2e-4"], say=lambda _: None)[0]
+    assert len(kept_rows(store, gan, gan.trial_keys(), said.append)) == 2 and not said  # as they ran
+    one = gan.with_overrides({"num_workers": "1"})
+    assert kept_rows(store, one, one.trial_keys(), said.append).empty
+    assert said == ["[gan] 2 earlier finished trials ran under another Scaling (results format 2 did not key it): "
+                    "running them again"]
+    table = older_results / "minimax" / "trials.parquet"
+    for part in table.glob("*.parquet"):
+        pd.read_parquet(part).assign(record_points=30).to_parquet(part)
+    minimax = resolve("minimax", "local", ["num_lrs=8", "steps=200"], say=lambda _: None)[0]
+    said.clear()
+    assert kept_rows(store, minimax, minimax.trial_keys(), said.append).empty
+    assert said == ["[minimax] 5 earlier finished trials were computed with other values of fields now at their "
+                    "defaults (record_points): running them again"]
+
+
+def test_a_run_refused_by_its_checks_or_the_lock_leaves_a_format_2_folder_as_it_was(older_results, capsys):
+    from orchestrator.results.runlock import RunLock
+
+    marker = older_results / MARKER
+    assert main([*GAN[:2], "--data-dir", str(older_results / "no-such-folder"), *GAN[2:6], "--set", "epochs=2"]) == 2
+    assert "no-such-folder" in capsys.readouterr().err
+    lock = RunLock(older_results, "someone-else")
+    lock.acquire()
+    try:
+        assert main(MINIMAX) == 2 and "someone-else" in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert json.loads(marker.read_text())["format_version"] == 2

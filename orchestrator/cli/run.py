@@ -16,13 +16,13 @@ import pandas as pd
 from orchestrator import progress
 from orchestrator.cli import interrupts
 from orchestrator.cli.args import default_results
+from orchestrator.cli.kept import kept_rows
 from orchestrator.results.provenance import code_version
 from orchestrator.results.runlock import LockHeld, RunLock
 from orchestrator.results.store import DONE, FINISHED, STOPPED, ResultStore, StoreError
-from orchestrator.studies.experiments import EXPERIMENTS
 from orchestrator.studies.registry import WORKLOADS
 from orchestrator.studies.resolve import preflight, resolve
-from orchestrator.studies.spec import Experiment, SpecError, legacy_key, result_scaling
+from orchestrator.studies.spec import Experiment, SpecError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,8 +59,8 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
 
     keys = {e.study: e.trial_keys() for e in experiments}
     # trials ASHA stopped early are results of an ASHA run; another scheduler runs them to their end
-    done = {e.study: pd.DataFrame() if args.fresh else
-            store.finished(e.study, keys[e.study], e.scheduler == "asha", _legacy_aliases(e)) for e in experiments}
+    done = {e.study: pd.DataFrame() if args.fresh else kept_rows(store, e, keys[e.study], progress.say)
+            for e in experiments}
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
         preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here
@@ -70,6 +70,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
             raise SpecError(str(exc)) from None
 
     def record_spec() -> None:  # only once the run can go ahead: `report` shows the latest spec's trials
+        store.mark_format()  # a format-2 folder becomes 3 here, once this run writes to it
         for exp in experiments:
             store.write_spec(exp.study, run_id, _spec_frame(exp, keys[exp.study], done[exp.study], run_id, args.profile))
             _say_other_versions(exp.study, done[exp.study])
@@ -107,14 +108,6 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
     where = "" if str(store.root) == default_results() else f" --results {store.root}"
     progress.say(f"tables: {store.root}/<study>/{{trials,steps}}.parquet   report: python -m orchestrator report{where}")
     return 1 if failed else 0
-
-
-def _legacy_aliases(exp: Experiment) -> dict[str, str]:
-    """Format 2's key of each trial -> its key now: rows written before format 3 stay results. Format 2
-    keys left the Scaling out: its rows count for runs at their profile's (e.g. the local GAN's 2 workers)."""
-    if result_scaling(exp.scaling) != result_scaling(EXPERIMENTS[exp.study][exp.profile].scaling):
-        return {}
-    return {legacy_key(c): exp.key(c) for c in exp.trial_configs()}
 
 
 def _spec_frame(exp: Experiment, keys: list[str], done: pd.DataFrame, run_id: str, profile: str) -> pd.DataFrame:

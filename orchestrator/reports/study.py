@@ -48,11 +48,17 @@ def attempts(frame: pd.DataFrame) -> pd.Series:
 
 
 def steps_of(store: ResultStore, study: str, trials: pd.DataFrame) -> pd.DataFrame:
-    """The steps rows of these trial rows: those of the same attempt (its files, across resumed runs)."""
+    """The steps rows of these trial rows: those of the same attempt (its files, across resumed runs)
+    written up to the row's run (`report --run` of a failed run shows its curves, not a later run's),
+    under the row's trial key (a kept format-2 row's is today's)."""
     steps = store.read(study, "steps")
     if steps.empty:
         return steps
-    return steps[attempts(steps).isin(set(trials["attempt"]))]
+    rows = trials.drop_duplicates("attempt").set_index("attempt")
+    steps = steps.assign(attempt=attempts(steps))
+    steps = steps[steps["attempt"].isin(rows.index)]
+    steps = steps[steps["run_id"] <= steps["attempt"].map(rows["run_id"])]
+    return steps.assign(trial_key=steps["attempt"].map(rows["trial_key"])).reset_index(drop=True)
 
 
 def _label(trials: pd.DataFrame) -> str:

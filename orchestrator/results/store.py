@@ -74,12 +74,21 @@ class ResultStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             marker = self.root / MARKER
-            if not marker.exists() or self._check_version(marker) != FORMAT_VERSION:
+            if marker.exists():
+                self._check_version(marker)
+            else:
                 _atomic_write_bytes(marker, json.dumps({"format_version": FORMAT_VERSION}).encode())
             probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", delete=True)
             probe.close()
         except OSError as exc:
             raise StoreError(f"results directory {self.root} is not writable: {exc.strerror or exc}") from None
+
+    def mark_format(self) -> None:
+        """Mark a folder of an older readable format as this one's: by a run holding the lock, once it
+        goes ahead (a run refused by its checks leaves the folder to the version that wrote it)."""
+        marker = self.root / MARKER
+        if self._check_version(marker) != FORMAT_VERSION:
+            _atomic_write_bytes(marker, json.dumps({"format_version": FORMAT_VERSION}).encode())
 
     def open_for_reading(self) -> None:
         marker = self.root / MARKER
@@ -144,7 +153,7 @@ class ResultStore:
             return trials
         runs = self.read(study, "runs")
         if "stored_key" in runs:
-            moved = runs.dropna(subset=["stored_key"])
+            moved = runs.dropna(subset=["stored_key"]).sort_values("run_id")  # a later run's mapping wins
             moved = moved[moved["stored_key"] != moved["trial_key"]]
             aliases = {**dict(zip(moved["stored_key"], moved["trial_key"])), **(aliases or {})}
         aliases = aliases or {}

@@ -24,30 +24,41 @@ from orchestrator.studies import sweeps
 LOCAL_FIELDS = ("data_dir", "cache_dir")
 # Scaling fields that change what a trial computes: the DDP world size (each rank's share of a batch,
 # BatchNorm's per-rank statistics, the sampler's shards), the device (CUDA's kernels are not the CPU's)
-# and SyncBatchNorm (it acts only on multi-GPU DDP). The others (gpus_per_worker, cpus_per_worker,
-# retries, waits) say how trials share nodes and recover, not what they compute: a trial packed at
-# 0.25 GPU computes what it computes on a whole one.
+# and SyncBatchNorm (it acts only on multi-GPU DDP). The others (gpus_per_worker, retries, waits) say
+# how trials share nodes and recover: a trial packed at 0.25 GPU computes what it does on a whole one.
+# cpus_per_worker is left out too, although Ray sets a CPU worker's torch threads from it, which can
+# move the last bits of CPU reductions (rows record the machine; see docs/results.md).
 RESULT_SCALING = ("num_workers", "use_gpu", "sync_bn")
 
 
-def trial_key(config: Any, scaling: "Scaling | None" = None) -> str:
-    """A trial's identity: a digest of what sets its result, i.e. the config fields that differ from
-    the config class's defaults (machine-local paths aside) and the result-relevant Scaling fields that
-    differ from Scaling's. Same computation, same key, on every run and every machine; a config that
-    gains a field at its default keeps its keys (the results before it stay results). The code version
-    is not part of it (rows record it), nor are the defaults themselves (rows record `defaults_key`)."""
-    moved = {k: v for k, v in _moved(config).items() if k not in LOCAL_FIELDS}
+def trial_key(config: Any, scaling: "Scaling | None" = None, study: str = "", distributed: bool = True,
+              pbt: bool = False) -> str:
+    """A trial's identity: a digest of what sets its result: its study, the config fields that differ
+    from the config class's defaults (machine-local paths aside), the Scaling it computes under
+    (`distributed`: a Train run; else one process, whatever num_workers says) and PBT (which moves its
+    hyperparameters). Same computation, same key, on every run and every machine; a config that gains a
+    field at its default keeps its keys (the results before it stay results). The code version is not
+    part of it (rows record it), nor are the defaults themselves (rows record `defaults_key`; a kept
+    row whose recorded config differs from today's is rerun: cli/run.py)."""
+    identity: dict[str, Any] = {f"config.{k}": v for k, v in _moved(config).items() if k not in LOCAL_FIELDS}
+    if study:
+        identity["study"] = study
     if scaling is not None:
-        moved.update({f"scaling.{k}": v for k, v in result_scaling(scaling).items()})
-    return _digest(moved)
+        identity.update({f"scaling.{k}": v for k, v in result_scaling(scaling, distributed).items()})
+    if pbt:
+        identity["scheduler"] = "pbt"
+    return _digest(identity)
 
 
-def result_scaling(scaling: "Scaling") -> dict[str, Any]:
-    """The RESULT_SCALING fields off their defaults, sync_bn only where it acts (use_gpu, several workers)."""
-    moved = {k: v for k, v in _moved(scaling).items() if k in RESULT_SCALING}
-    if not (scaling.use_gpu and scaling.num_workers > 1):
-        moved.pop("sync_bn", None)
-    return moved
+def result_scaling(scaling: "Scaling", distributed: bool = True) -> dict[str, Any]:
+    """What of `scaling` a trial computes under: its workers (1 when it is one process), whether on
+    GPUs, and sync_bn where it acts (several GPU workers). Explicit values, not moved-from-default
+    ones: a release that changes a Scaling default changes the keys of the trials it changes."""
+    workers = scaling.num_workers if distributed else 1
+    out: dict[str, Any] = {"num_workers": workers, "use_gpu": scaling.use_gpu}
+    if scaling.use_gpu and workers > 1:
+        out["sync_bn"] = scaling.sync_bn
+    return out
 
 
 def defaults_key(config: Any) -> str:
@@ -175,8 +186,13 @@ class Experiment:
         return [config for _, config in self.trial_points()]
 
     def key(self, config: Any) -> str:
-        """A trial's key under this experiment's scaling (trial_key)."""
-        return trial_key(config, self.scaling)
+        """A trial's key under this experiment's scaling and scheduler (trial_key)."""
+        from orchestrator.studies.registry import WORKLOADS
+
+        pbt = self.scheduler == "pbt"  # PBT trials are single-process (plan.TrialPlan.distributed)
+        workload = WORKLOADS.get(self.study)
+        distributed = workload is None or (workload.runs_distributed(config) and not pbt)
+        return trial_key(config, self.scaling, self.study, distributed, pbt)
 
     def trial_keys(self) -> list[str]:
         return [self.key(c) for c in self.trial_configs()]

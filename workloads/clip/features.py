@@ -52,7 +52,9 @@ def text_key(config: Config, split, bf16: bool) -> dict:
 def encode_images(model, images, normalise, batch: int = 64, say=None, autocast=contextlib.nullcontext()) -> torch.Tensor:
     """Pooled features (N, D) of uint8 images (see images.py), normalised on the model's device;
     the forwards under `autocast` (bf16 where native: common.bf16_autocast), the features fp32."""
-    loader = DataLoader(images, batch_size=batch, collate_fn=images_mod.collate)
+    # its own generator: a DataLoader without one draws its seed from the global RNG (dropout's), so
+    # validating between epochs would move the next epoch's dropout masks
+    loader = DataLoader(images, batch_size=batch, collate_fn=images_mod.collate, generator=torch.Generator())
     out, started = [], time.perf_counter()
     for i, x in enumerate(loader):
         with autocast:

@@ -1,0 +1,79 @@
+"""Which rows of earlier runs are this run's results: its trials' latest finished rows, found by key,
+and only where they were computed as this run would compute them.
+
+A key leaves out the fields at their class defaults (spec.trial_key), so two things can make a kept
+row another computation than its key says: a default that moved between versions (the row's recorded
+config then differs from today's on a field both have), and a row of results format 2, whose keys left
+the Scaling out (its recorded world size or device then differs from this run's). Such rows are
+rerun, with one line saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.results import schemas
+from orchestrator.results.store import ResultStore, config_columns
+from orchestrator.studies.registry import WORKLOADS
+from orchestrator.studies.spec import LOCAL_FIELDS, Experiment, legacy_key, result_scaling
+
+
+def kept_rows(store: ResultStore, exp: Experiment, keys: list[str], say: Callable[[str], None]) -> pd.DataFrame:
+    """The finished rows of `exp`'s trials (ASHA's early stops count for an ASHA run)."""
+    aliases = {legacy_key(c): key for c, key in zip(exp.trial_configs(), keys)}  # format 2's keys -> today's
+    done = store.finished(exp.study, keys, exp.scheduler == "asha", aliases)
+    if done.empty:
+        return done
+    other_scaling = _format2_scaling_differs(exp, done)
+    moved = _config_differs(exp, done) & ~other_scaling
+    for mask, why in ((other_scaling, "ran under another Scaling (results format 2 did not key it)"),
+                      (moved, "were computed with other values of fields now at their defaults")):
+        if mask.any():
+            fields = f" ({', '.join(sorted(set().union(*done.loc[mask, '_moved'])))})" if why.startswith("were") else ""
+            say(f"[{exp.study}] {done.loc[mask, 'trial_key'].nunique()} earlier finished trials {why}{fields}: "
+                "running them again")
+    return done[~(other_scaling | moved)].drop(columns="_moved").reset_index(drop=True)
+
+
+def _format2_scaling_differs(exp: Experiment, done: pd.DataFrame) -> pd.Series:
+    """Rows stored under another key (format 2's) whose recorded world size or device is not this run's."""
+    workload = WORKLOADS[exp.study]
+    config = exp.trial_configs()[0]
+    expected = result_scaling(exp.scaling, workload.runs_distributed(config) and exp.scheduler != "pbt")
+    legacy = done["stored_key"] != done["trial_key"] if "stored_key" in done else pd.Series(False, index=done.index)
+    differs = pd.Series(False, index=done.index)
+    if "world_size" in done:
+        differs |= done["world_size"].notna() & (done["world_size"] != expected["num_workers"])
+    if "device" in done:
+        fallback = done["cpu_fallback"].fillna(False).astype(bool) if "cpu_fallback" in done else False
+        on_gpu = (done["device"] == "cuda") | fallback
+        differs |= done["device"].notna() & (on_gpu != expected["use_gpu"])
+    return legacy & differs
+
+
+def _config_differs(exp: Experiment, done: pd.DataFrame) -> pd.Series:
+    """Rows whose recorded config differs from their trial's config today on a field both have (a null
+    or missing column: a field the row's version did not have). Fields the workload reports itself (a
+    PBT-moved lr, CLIP's image counts) and machine-local ones are not compared. Sets `_moved`."""
+    workload = WORKLOADS[exp.study]
+    skip = {*LOCAL_FIELDS, *workload.pbt, *workload.columns.get("trials", {}), *schemas.WORKER, *schemas.TRIAL,
+            *schemas.IDS}
+    today = {exp.key(c): config_columns(dataclasses.asdict(c), workload.row_exclude) for c in exp.trial_configs()}
+    moved = [sorted(k for k, v in today.get(key, {}).items() if k not in skip and k in row and _differs(row[k], v))
+             for key, row in zip(done["trial_key"], done.to_dict("records"))]
+    done["_moved"] = [set(m) for m in moved]
+    return pd.Series([bool(m) for m in moved], index=done.index)
+
+
+def _differs(stored: Any, now: Any) -> bool:
+    if stored is None or (pd.api.types.is_scalar(stored) and pd.isna(stored)):  # unknown to the row's version
+        return False
+    if isinstance(now, bool) or isinstance(stored, (bool, np.bool_)):
+        return bool(stored) != bool(now)
+    if isinstance(now, (int, float)) and not isinstance(stored, str):
+        return float(stored) != float(now)
+    return str(stored) != str("" if now is None else now)
