@@ -183,13 +183,18 @@ def terminal(study: str):
 
 
 class Tail:
-    """Prints new lines of each trial's progress file every `interval_s`, and once more at exit."""
+    """Prints new lines of each trial's progress file every `interval_s`, and once more at exit. With
+    `active` (the indexes of the trials running now), a poll opens only their files and, once more,
+    those of trials that just ended: its cost is the running trials', not the study's."""
 
     def __init__(self, say: Callable[[str], None], artifact_dirs: list[str], names: list[str],
-                 interval_s: float = 1.0, step: Callable[[str, int, int], None] | None = None) -> None:
+                 interval_s: float = 1.0, step: Callable[[str, int, int], None] | None = None,
+                 active: Callable[[], list[int]] | None = None) -> None:
         self.say, self.interval_s, self.step = say, interval_s, step  # step(desc, done, total): a counted step
         self.files = [(Path(d) / FILE, name) for d, name in zip(artifact_dirs, names)]
-        # lines already there (an earlier, interrupted run of the same trial) are not news
+        self.active, self._polled = active, set()
+        # lines already there (an earlier, interrupted run of the same trial) are not news: a stat per
+        # trial, once, before any starts
         self.offsets = {path: path.stat().st_size if path.exists() else 0 for path, _ in self.files}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="orchestrator-progress", daemon=True)
@@ -206,10 +211,22 @@ class Tail:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.poll()
+            self.poll(self._indexes())
 
-    def poll(self) -> None:
-        for path, name in self.files:
+    def _indexes(self) -> list[int]:
+        """The trials to poll: those running, and once more those that ran at the last poll."""
+        if self.active is None:
+            return list(range(len(self.files)))
+        try:
+            running = set(self.active())
+        except RuntimeError:  # the sink's dict changed size under us (another thread): all, this once
+            running = set(range(len(self.files)))
+        indexes, self._polled = sorted(running | self._polled), running
+        return indexes
+
+    def poll(self, indexes: list[int] | None = None) -> None:
+        for index in (range(len(self.files)) if indexes is None else indexes):
+            path, name = self.files[index]
             try:
                 with open(path) as fh:
                     fh.seek(self.offsets[path])

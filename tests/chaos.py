@@ -164,7 +164,9 @@ def read_parts(table_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """(every visible part of a table, concatenated; names of parts a reader cannot read)."""
     import pyarrow as pa
 
-    parts = sorted(p for p in table_dir.glob("*.parquet") if not p.name.startswith((".", "_")))
+    from orchestrator.results import compact
+
+    parts = compact.parts(table_dir)  # what readers read: no temporaries, no part a compacted one holds
     tables, torn = [], []
     for part in parts:
         try:

@@ -34,6 +34,28 @@ def test_tail_prints_each_complete_line_once_with_the_trials_name(tmp_path):
     assert said == ["clip-x: images 640/3000 (55/s, ~43 s left)", "clip-y: half a line"]
 
 
+def test_tail_opens_only_the_files_of_trials_running_or_just_ended(tmp_path, monkeypatch):
+    """Issue 23: a poll's cost is the running trials', not the study's (2,000 trials, 2 running)."""
+    dirs = [tmp_path / f"t{i}" for i in range(2000)]
+    running = [0, 1]
+    said, opened = [], []
+    tail = progress.Tail(said.append, [str(d) for d in dirs], [f"t{i}" for i in range(2000)], interval_s=60,
+                         active=lambda: running)
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    progress.append(str(dirs[1]), "epoch 1")
+    tail.poll(tail._indexes())
+    assert len(opened) == 2 + 1 and said == ["t1: epoch 1"]  # the two running trials' files (+ the append)
+    progress.append(str(dirs[1]), "done")
+    running[:] = [2]  # t1 ended after its last line, t2 started
+    opened.clear()
+    tail.poll(tail._indexes())
+    assert said[-1] == "t1: done" and sorted(opened) == sorted(str(dirs[i] / progress.FILE) for i in (0, 1, 2))
+    opened.clear()
+    tail.poll(tail._indexes())
+    assert opened == [str(dirs[2] / progress.FILE)]  # t0, t1 polled once after they left, then no more
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -4,6 +4,7 @@ once, with the numbers of an uninterrupted twin bit for bit. A real process is k
 whole process group), nothing is mocked."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,13 @@ def test_killed_run_resumes_from_its_checkpoint(data_dir, gan_cache, tmp_path):
         os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
         first.wait()
     assert not any(not p.name.startswith(".") for p in (results / "gan" / "trials.parquet").glob("*.parquet"))
+    # `clean` keeps what resume needs: the unfinished trial's Train run and its checkpoints
+    train_runs = lambda: [p for p in (results / "_ray").iterdir() if p.name.startswith("gan-")  # noqa: E731
+                          and not re.fullmatch(r"gan-\d{8}-\d{6}-[0-9a-f]{4}", p.name)]  # not a Tune experiment
+    (train_run,) = train_runs()
+    cleaned = subprocess.run([sys.executable, "-m", "orchestrator", "clean", "--results", str(results), "--yes"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert cleaned.returncode == 0 and train_run.exists() and list(train_run.rglob("state.pt")), cleaned.stdout
 
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -49,6 +57,13 @@ def test_killed_run_resumes_from_its_checkpoint(data_dir, gan_cache, tmp_path):
     assert sorted(steps["epoch"]) == [1, 2, 3]  # each epoch once, across the two runs
     assert steps["run_id"].nunique() == 2
 
+    # once finished, `clean` frees its checkpoints (a dry run first says so) and the result stays kept
+    dry = subprocess.run([sys.executable, "-m", "orchestrator", "clean", "--results", str(results)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and str(train_run) in dry.stdout and "would free" in dry.stdout and train_run.exists()
+    cleaned = subprocess.run([sys.executable, "-m", "orchestrator", "clean", "--results", str(results), "--yes"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert cleaned.returncode == 0 and "freed" in cleaned.stdout and not train_runs(), cleaned.stdout
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert third.returncode == 0 and "nothing to run" in third.stdout
     assert len(pd.read_parquet(results / "gan" / "trials.parquet")) == 1
@@ -61,12 +76,16 @@ def test_killed_run_resumes_from_its_checkpoint(data_dir, gan_cache, tmp_path):
     assert diff.lost == diff.duplicates == diff.differing == 0, diff.details
 
 
-def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_all(ray_session, tmp_path, capsys):
+def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_all(ray_session, tmp_path, capsys,
+                                                                                  monkeypatch):
     from orchestrator.cli import main
+    from orchestrator.results.store import ResultStore
 
     args = ["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=300", "--set", "steps=100",
             "--set", "algorithms=gda,gd"]  # 2 algorithms x 3 chunks of 100 lrs: 6 trials of 100 rows
-    assert main(args) == 0
+    with monkeypatch.context() as patched:  # a run killed before its end compacts nothing
+        patched.setattr(ResultStore, "compact_run", lambda *args: 0)
+        assert main(args) == 0
     table = tmp_path / "minimax" / "trials.parquet"
     parts = sorted(table.glob("*.parquet"))
     assert len(parts) == 6
@@ -78,6 +97,8 @@ def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_
     assert "1/6 trials already finished" in out and "nothing to run" not in out
     trials = pd.read_parquet(table)
     assert len(trials) == 600 and trials["run_id"].nunique() == 2 and not trials.duplicated(["algorithm", "lr"]).any()
+    # the second run compacted every finished trial's parts, the kept one's too: one part per table
+    assert [p.name for p in table.glob("*.parquet")] == [f"c-{trials['run_id'].max()}.parquet"]
 
     assert main(["report", "minimax", "--results", str(tmp_path)]) == 0
     text = capsys.readouterr().out
@@ -85,7 +106,6 @@ def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_
     assert f"6 trials from runs {first}, {second}" in text  # the kept trial and the 5 the second run ran
     # the whole grid: one range of lrs reaching the saddle in T=100 steps, from the first chunk (kept from
     # the first run) to the last (run by the second): |1 - 8 lr|^100 < 7e-7 for lr in ~(0.017, 0.233)
-    import re
 
     found = re.search(r"^gda\s+\[(0\.0[0-9]+), (0\.2[0-9]+)\]\s+\(0, 0\.25\)", text, re.M)
     assert found and float(found.group(1)) < 0.03 and float(found.group(2)) > 0.22, text
@@ -93,17 +113,21 @@ def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_
     assert f"(run {second})" in capsys.readouterr().out
 
 
-def test_checkpointed_epoch_whose_row_was_never_written_is_recovered(ray_session, data_dir, gan_cache, tmp_path, capsys):
+def test_checkpointed_epoch_whose_row_was_never_written_is_recovered(ray_session, data_dir, gan_cache, tmp_path, capsys,
+                                                                     monkeypatch):
     """The driver killed after Train registered the last epoch's checkpoint but before it wrote that
     epoch's row and the trial row: the rerun restores the finished run, replays the row, and the
     trial row carries the last epoch's metrics (not an empty row)."""
     from orchestrator.cli import main
     from orchestrator.results import read_table
+    from orchestrator.results.store import ResultStore
 
     args = ["run", "gan", "--results", str(tmp_path), "--data-dir", data_dir, "--no-dashboard",
             "--set", f"cache_dir={gan_cache}", "--set", "train_images=128", "--set", "epochs=2",
             "--set", "sample_epochs=2", "--set", "fid_images=100", "--set", "num_workers=1"]
-    assert main(args) == 0
+    with monkeypatch.context() as patched:  # the state of a run killed before its end: nothing compacted
+        patched.setattr(ResultStore, "compact_run", lambda *args: 0)
+        assert main(args) == 0
     steps_dir, trials_dir = tmp_path / "gan" / "steps.parquet", tmp_path / "gan" / "trials.parquet"
     before = read_table(steps_dir).set_index("epoch")  # parts differ in columns (fid at sample epochs only)
     (last,) = [p for p in steps_dir.glob("*.parquet") if p.stem.endswith("000002")]

@@ -47,6 +47,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _report(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "clean":
+            from orchestrator.cli.clean import clean
+
+            return clean(args)
         if args.command == "validate-cluster":
             from orchestrator.clusters import kuberay
             from orchestrator.clusters.aws import placeholders, validate_cluster

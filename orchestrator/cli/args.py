@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    description="List every study, its profiles and every setting --set accepts, with defaults.")
     _add_report(sub)
     _add_generate(sub)
+    _add_clean(sub)
     check = sub.add_parser("validate-cluster", help="check a `ray up` cluster config offline",
                            description="Validate a cluster config with Ray's own schema and preparation steps "
                            "(no credentials, no network), and this project's rules (only SSH open).")
@@ -110,6 +111,17 @@ def _add_report(sub) -> None:
                         help=f"one of: {', '.join(studies())} (default: all, as HTML)")
     _results_option(report)
     report.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="which run (default: the latest)")
+
+
+def _add_clean(sub) -> None:
+    clean = sub.add_parser("clean", help="free checkpoints and temporary files that finished trials no longer need",
+                           description="List (default) or delete (--yes) what finished work no longer needs: Train "
+                           "checkpoints of trials that ran to their end, Tune folders of past runs, writers' "
+                           "temporaries. Unfinished trials' checkpoints, tables and artifacts are kept.")
+    _results_option(clean)
+    clean.add_argument("--storage", default=None, metavar="DIR",
+                       help="Ray's storage, as given to `run --storage` (default: <results>/_ray)")
+    clean.add_argument("--yes", action="store_true", help="delete them (default: only say what would be freed)")
 
 
 def _add_generate(sub) -> None:

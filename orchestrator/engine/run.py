@@ -21,7 +21,7 @@ from orchestrator.engine import capacity, schedulers, session, trackers as track
 from orchestrator.engine import trainable as trainables
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.engine.session import BackendError
-from orchestrator.results.store import ResultStore
+from orchestrator.results.store import FINISHED, ResultStore
 from orchestrator.studies.registry import Workload
 from orchestrator.studies.spec import Experiment
 
@@ -53,7 +53,25 @@ def run_experiment(
     started = time.perf_counter()
     written = _fit(plan, store, say, joined, list(trackers), tracking_uri)
     say(f"[{exp.study}] {len(plan.configs)} trial{'s' * (len(plan.configs) != 1)} in {time.perf_counter() - started:.1f}s")
+    _compact(plan, store, written, say)
     return pd.concat([plan.kept, *written], ignore_index=True) if written or len(plan.kept) else pd.DataFrame()
+
+
+def _compact(plan: TrialPlan, store: ResultStore, written: list[pd.DataFrame], say: Callable[[str], None]) -> None:
+    """The parts of the trials this run finished or kept, one per table for this run (results/compact.py):
+    never written again. Kept ones: those an interrupted earlier run finished before it could compact."""
+    rows = pd.concat([plan.kept, *written], ignore_index=True)
+    if rows.empty or "attempt" not in rows:
+        return
+    # TERMINATED only: a trial ASHA stopped may be run on to its end later, writing its tables again
+    finished = sorted(set(rows.loc[rows["status"] == FINISHED, "attempt"].dropna()))
+    try:
+        merged = store.compact_run(plan.study, plan.run_id, finished)
+    except OSError as exc:  # the parts stay as they are: readers read them whole, the next run may compact
+        say(f"[{plan.study}] tables not compacted ({exc.strerror or exc}); every row is kept")
+        return
+    if merged:
+        say(f"[{plan.study}] tables compacted: {merged} parts of {len(finished)} finished trials -> one per table")
 
 
 def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined: bool, trackers: list[str],
@@ -79,7 +97,8 @@ def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined
                              "epoch" if by_epoch else "trial")
     step = lambda desc, done, total: progress_lines.step(f"[{plan.study}] {desc}", done, total)  # noqa: E731
     try:
-        with sink.watcher, bar, progress_lines.Tail(study_say, plan.artifact_dirs, plan.names, step=step):
+        with sink.watcher, bar, progress_lines.Tail(study_say, plan.artifact_dirs, plan.names, step=step,
+                                                          active=sink.polling):
             tuner.fit()
     finally:
         sink.stopped()

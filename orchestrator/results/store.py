@@ -3,7 +3,8 @@
 Layout: `<root>/<study>/<table>.parquet/` is a directory of Parquet files: a trial row per attempt and
 run (`<attempt>-<run_id>.parquet`: a rerun never overwrites an earlier run's row), steps per attempt
 and epoch (`<attempt>-<epoch>.parquet`: a resumed run continues its attempt's), so runs accumulate
-and `pandas.read_parquet(dir)` reads them all.
+and `pandas.read_parquet(dir)` reads them all. Once a run's trials have finished, their parts are
+compacted into one part per table and run (compact.py); readers here push filters down.
 Each file is written to a hidden temporary name and renamed into place: readers (pyarrow skips
 names starting with '.' or '_') see a whole file or none, whenever the process dies.
 """
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.results import schemas
+from orchestrator.results import compact, schemas
 from workloads.common import TMP_MARK, atomic_path
 
 FORMAT_VERSION = 3  # bump when the table layout changes incompatibly (3: keys from the fields off their defaults)
@@ -134,7 +135,21 @@ class ResultStore:
         return path
 
     def exists(self, study: str, table: str, name: str) -> bool:
-        return (self.table_dir(study, table) / f"{name}.parquet").exists()
+        """Is part `name` written (as its own file, or held by a compacted part)?"""
+        directory = self.table_dir(study, table)
+        if (directory / f"{name}.parquet").exists():
+            return True
+        return f"{name}.parquet" in compact.replaced(list(directory.glob(f"{compact.PREFIX}*.parquet")))
+
+    def compact_run(self, study: str, run_id: str, attempts: list[str]) -> int:
+        """Compact every table's parts of these (finished) attempts into one part per table for this run
+        (compact.py); the number of parts merged."""
+        merged = 0
+        for directory in sorted((self.root / study).glob("*.parquet")):
+            if directory.is_dir():
+                stems = [p.stem for p in compact.parts(directory) if not p.name.startswith(compact.PREFIX)]
+                merged += compact.compact(directory, run_id, compact.trial_parts(stems, attempts))
+        return merged
 
     def finished(self, study: str, keys: list[str], keep_stopped: bool = False,
                  aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -143,7 +158,10 @@ class ResultStore:
         `keep_stopped` (an ASHA run), trials ASHA stopped early count as finished. Rows stored under
         another key (`aliases`: format 2's key of a trial -> today's; and those earlier runs recorded)
         count as their trial's, `stored_key` saying what they were stored under."""
-        trials = self._aliased(study, self.read(study, "trials"), aliases)
+        aliases = {**self._recorded_aliases(study), **(aliases or {})}
+        statuses = [FINISHED, STOPPED] if keep_stopped else [FINISHED]
+        wanted = ds.field("trial_key").isin(sorted({*keys, *aliases})) & ds.field("status").isin(statuses)
+        trials = self._aliased(study, self.read(study, "trials", where=wanted), aliases)
         return latest_finished(trials, keys, keep_stopped)
 
     def _aliased(self, study: str, trials: pd.DataFrame, aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -151,13 +169,17 @@ class ResultStore:
         recorded (the runs table's stored_key -> trial_key), its stored key kept as `stored_key`."""
         if trials.empty or "trial_key" not in trials:
             return trials
-        runs = self.read(study, "runs")
-        if "stored_key" in runs:
-            moved = runs.dropna(subset=["stored_key"]).sort_values("run_id")  # a later run's mapping wins
-            moved = moved[moved["stored_key"] != moved["trial_key"]]
-            aliases = {**dict(zip(moved["stored_key"], moved["trial_key"])), **(aliases or {})}
-        aliases = aliases or {}
+        aliases = {**self._recorded_aliases(study), **(aliases or {})}
         return trials.assign(stored_key=trials["trial_key"], trial_key=[aliases.get(k, k) for k in trials["trial_key"]])
+
+    def _recorded_aliases(self, study: str) -> dict[str, str]:
+        """stored_key -> trial_key of kept rows stored under another key, as earlier runs recorded them."""
+        runs = self.read(study, "runs", columns=["run_id", "trial_key", "stored_key"])
+        if "stored_key" not in runs:
+            return {}
+        moved = runs.dropna(subset=["stored_key"]).sort_values("run_id")  # a later run's mapping wins
+        moved = moved[moved["stored_key"] != moved["trial_key"]]
+        return dict(zip(moved["stored_key"], moved["trial_key"]))
 
     def current(self, study: str, run_id: str | None = None) -> tuple[pd.DataFrame, int]:
         """(rows, trials missing): by default the study's current results, i.e. for each trial of
@@ -190,12 +212,16 @@ class ResultStore:
         for tmp in self.root.glob(f"*/*.parquet/.*{TMP_MARK}*"):
             tmp.unlink(missing_ok=True)
             removed += 1
+        for directory in self.root.glob("*/*.parquet"):  # and parts a cut-short compaction left (compact.py)
+            removed += compact.finish(directory)
         return removed
 
-    def read(self, study: str, table: str) -> pd.DataFrame:
-        """Every part of a table, schemas unified (a column missing from a part reads as null), its
-        path columns absolute under this root, wherever the folder was written."""
-        frame, paths = _read(self.table_dir(study, table))
+    def read(self, study: str, table: str, where: ds.Expression | None = None,
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """A table's rows (those matching `where`, pushed down to the Parquet reader; its `columns` that
+        exist), schemas unified (a column missing from a part reads as null), its path columns absolute
+        under this root, wherever the folder was written."""
+        frame, paths = _read(self.table_dir(study, table), where, columns)
         for column in (paths | set(schemas.LEGACY_PATHS)) & set(frame.columns):
             frame[column] = [self._absolute(study, v) for v in frame[column]]
         return frame
@@ -242,20 +268,20 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return _read(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[pd.DataFrame, set[str]]:
-    """(the table, its path columns). pyarrow.dataset reads the parts in parallel and skips hidden
-    files (a writer's temporaries)."""
+def _read(path: Path, where: ds.Expression | None = None, columns: list[str] | None = None
+          ) -> tuple[pd.DataFrame, set[str]]:
+    """(the table, its path columns). pyarrow.dataset reads the parts in parallel, filters pushed
+    down; compact.parts leaves out hidden files (writers' temporaries) and parts a compacted one holds."""
     if path.is_file():
         return pd.read_parquet(path), schemas.path_columns([pq.read_schema(path)])
-    if not path.exists():
+    files = compact.parts(path)
+    if not files:
         return pd.DataFrame(), set()
-    dataset = ds.dataset(path, format="parquet")
-    fragments = list(dataset.get_fragments())
-    if not fragments:
-        return pd.DataFrame(), set()
-    parts = [f.physical_schema for f in fragments]
+    parts = [pq.read_schema(f) for f in files]
     schema = pa.unify_schemas(parts, promote_options="permissive")
-    frame = ds.dataset([f.path for f in fragments], schema=schema, format="parquet").to_table().to_pandas()
+    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+    picked = [c for c in columns if c in schema.names] if columns is not None else None
+    frame = dataset.to_table(filter=where, columns=picked).to_pandas()
     return frame, schemas.path_columns(parts)
 
 

@@ -1,0 +1,95 @@
+"""Compaction: a run's many small parts (a trial row per trial and run, steps per trial and epoch)
+merged into one part per table once its trials have finished, so that reading a results folder
+costs what its runs hold, not how many files they were written as (a CLIP sweep of 100 pairs x 3
+seeds x 40 epochs writes 12,000 steps parts; compacted: one).
+
+A compacted part, `c-<run_id>.parquet`, names the parts it replaces in its Parquet metadata. It is
+written whole (a hidden temporary, renamed) before they are deleted, and every reader skips a part
+that a compacted part names: each row is read once at every moment, a kill between the two steps
+included. The next run (holding the lock) finishes such a compaction by deleting what it names.
+Only parts of trials that ran to their end (TERMINATED) are compacted: those are never written again
+(a rerun of one is a new attempt under --fresh; a trial ASHA stopped may be run on later, so its
+parts stay as they are).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workloads.common import atomic_path
+
+PREFIX = "c-"  # a compacted part's name: c-<run_id>.parquet
+MANIFEST = b"orchestrator.compacted"  # its schema metadata: the names of the parts it holds
+
+
+def parts(directory: Path) -> list[Path]:
+    """A table's parts a reader reads: every Parquet file but hidden ones (writers' temporaries) and
+    those a compacted part holds (a compaction cut short before it deleted them)."""
+    if not directory.is_dir():
+        return []
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
+    held = replaced(files)
+    return [p for p in files if p.name not in held]
+
+
+def replaced(files: list[Path]) -> set[str]:
+    """Names of the parts the compacted ones among `files` hold (a footer read each)."""
+    held: set[str] = set()
+    for path in files:
+        if path.name.startswith(PREFIX):
+            metadata = pq.read_schema(path).metadata or {}
+            held.update(json.loads(metadata.get(MANIFEST, b"[]")))
+    return held
+
+
+def compact(directory: Path, run_id: str, names: list[str]) -> int:
+    """Merge the parts `names` (stems) of one table into `c-<run_id>.parquet`, then delete them; the
+    number merged (0: fewer than two there, nothing done). Schemas are unified as readers unify them."""
+    sources = [directory / f"{name}.parquet" for name in sorted(set(names))]
+    sources = [p for p in sources if p.exists()]
+    target = directory / f"{PREFIX}{run_id}.parquet"
+    if len(sources) < 2 or target.exists():
+        return 0
+    tables = [pq.read_table(p) for p in sources]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    metadata = {**(table.schema.metadata or {}), MANIFEST: json.dumps([p.name for p in sources]).encode()}
+    with atomic_path(target) as tmp:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    for path in sources:  # a kill here leaves some: readers skip them, finish() deletes them
+        path.unlink(missing_ok=True)
+    return len(sources)
+
+
+def finish(directory: Path) -> int:
+    """Delete parts that a compacted part holds (left by a compaction that was cut short)."""
+    if not directory.is_dir():
+        return 0
+    files = [p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_"))]
+    held = replaced(files)
+    removed = 0
+    for path in files:
+        if path.name in held:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+RUN_ID = r"\d{8}-\d{6}-[0-9a-f]{4}"  # cli/run.py: UTC time and 4 hex digits
+
+
+def trial_parts(stems: list[str], attempts: list[str]) -> list[str]:
+    """Among a table's part stems, those of these (finished) attempts: the attempt itself (a per-trial
+    table), its rows (`<attempt>-<run id>`), its steps (`<attempt>-NNNNNN`). A stem of that form that
+    is in fact another attempt's (`<key>-<run id>` under --fresh) is a finished or abandoned one's:
+    a --fresh attempt is never resumed, so its parts are never written again either."""
+    wanted = set(attempts)
+    suffix = re.compile(rf"(.+)-(?:\d{{6}}|{RUN_ID})")
+    return [s for s in stems if s in wanted or ((m := suffix.fullmatch(s)) and m.group(1) in wanted)]
