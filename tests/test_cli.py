@@ -1,5 +1,7 @@
 """The CLI end to end, in process: Ray Tune runs the study, tables are read back from Parquet."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -244,3 +246,22 @@ def test_descendants_of_a_process_are_found_and_ended():
         assert child.wait(timeout=5) == -signal.SIGTERM
     finally:
         child.kill()
+
+
+def test_report_html_links_grids_past_its_cap_and_says_so(tmp_path, monkeypatch, capsys):
+    """Issue 23: a sweep of 100 pairs would embed hundreds of grids (tens of MB); past the cap they are
+    linked to their files, and the page says how many. A GAN folder of 2 trials, the cap set to 1."""
+    import re
+    import shutil
+
+    from orchestrator.reports import html as report_html
+
+    results = tmp_path / "results"
+    shutil.copytree(Path(__file__).parent / "data" / "results-v2", results)
+    monkeypatch.setattr(report_html, "EMBEDDED_GRIDS", 1)
+    assert main(["report", "--results", str(results)]) == 0
+    page = (results / "report.html").read_text()
+    assert "1 of 2 grids embedded; the other 1 are linked" in page
+    (link,) = re.findall(r'<p class="linked"><a href="([^"]+)">', page)
+    assert link.startswith("gan/artifacts/") and link.endswith(".png") and (results / link).is_file()
+    assert page.count('<div class="grids two samples"><figure>') == 1  # the first grid, embedded

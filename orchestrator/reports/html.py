@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +41,17 @@ SORT = """document.querySelectorAll('table.sortable th').forEach((th,i)=>th.oncl
 b=t.tBodies[0],r=[...b.rows],d=th.dataset.d=th.dataset.d==='1'?'-1':'1',v=x=>{const s=x.cells[i].innerText,
 n=parseFloat(s);return isNaN(n)?s:n};r.sort((x,y)=>{const p=v(x),q=v(y);return (p>q?1:p<q?-1:0)*d});
 r.forEach(x=>b.appendChild(x))});"""
+
+
+EMBEDDED_GRIDS = 24  # sample and prompt grids embedded per study; past it they are linked (a 100-pair sweep: ~60 MB)
+
+
+def _grid(path: Path, caption: str, root: Path, embed: bool, photo: bool = False) -> str:
+    """A grid embedded (`_img`), or past the cap a link to its file, relative to report.html."""
+    if embed:
+        return _img(path, caption, photo)
+    href = html.escape(os.path.relpath(path, root))
+    return f'<p class="linked"><a href="{href}">{html.escape(caption or path.stem)}</a></p>'
 
 
 def _img(path: Path, caption: str = "", photo: bool = False) -> str:
@@ -199,12 +211,20 @@ def _section(study: str, store: ResultStore, run_id: str | None) -> str | None:
     body = [f"<h2>{study}</h2>", f'<p class="key">{key}</p>', tables,
             *(f'<div class="plot">{_img(p)}</div><p class="hint">⇆ wider than the screen: swipe the figure sideways</p>'
               for p in plots)]
+    shown = [p for stem in dict.fromkeys(p.stem for p in prompts) for p in prompts if p.stem == stem]  # as below
+    embedded = set((samples + shown)[:EMBEDDED_GRIDS])
+    if len(samples) + len(prompts) > EMBEDDED_GRIDS:
+        body.append(f'<p class="cap">{EMBEDDED_GRIDS} of {len(samples) + len(prompts)} grids embedded; the other '
+                    f"{len(samples) + len(prompts) - EMBEDDED_GRIDS} are linked to their files under this folder, "
+                    "which keeps this page small (copy the folder, not the page alone, to keep them)</p>")
+    root = store.root
     if samples:
         body.append('<div class="grids two samples">' + "".join(
-            _img(p, f"{_trial_of(p, trials, 'trial_name')}: {p.stem.replace('_', ' ')}") for p in samples) + "</div>")
+            _grid(p, f"{_trial_of(p, trials, 'trial_name')}: {p.stem.replace('_', ' ')}", root, p in embedded)
+            for p in samples) + "</div>")
     for prompt in dict.fromkeys(p.stem for p in prompts):  # prompt by prompt, each pair's grid at full width
         body.append(f"<h4>prompt: {html.escape(prompt.replace('_', ' '))}</h4>" + "".join(
-            _img(p, _trial_of(p, trials, "pair"), photo=True) for p in prompts if p.stem == prompt))
+            _grid(p, _trial_of(p, trials, "pair"), root, p in embedded, photo=True) for p in prompts if p.stem == prompt))
     body.append(f"<details><summary>text summary</summary><pre>{html.escape(text)}</pre></details>")
     body.append(f"<h3>runs</h3>{_runs(everything, study)}")
     return "".join(body)
