@@ -135,6 +135,21 @@ def _say_other_versions(study: str, done: pd.DataFrame) -> None:
                      f"code version ({', '.join(sorted(set(other)))}; this is {code_version()}): --fresh reruns them")
 
 
+def _best_configuration(workload, ok: pd.DataFrame) -> str:
+    """With several seeds: the configuration whose mean selection metric (val) is best, and its reported
+    metric's mean ± std over its seeds (what `report` ranks; one seed's value would be a draw)."""
+    column, mode = workload.selection or (workload.metric, workload.mode)
+    configuration = ok["trial_name"].str.replace(r",?seed=\d+$", "", regex=True)
+    means = ok.groupby(configuration)[column].mean()
+    if means.isna().all():
+        return "no finished trial"
+    best = means.idxmax() if mode == "max" else means.idxmin()
+    values = ok.loc[configuration == best, workload.metric]
+    name = best.split("-", 1)[1] if "-" in best else best
+    return (f"best by mean {column}: {name}: {workload.metric} = {values.mean():.4g} ± {values.std():.2g} "
+            f"({len(values)} seeds)")
+
+
 def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
     """(study, one line): rows ok, the study's headline (the best value of its metric, or how many rows
     have its headline_count true), time."""
@@ -144,8 +159,9 @@ def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:
     ok = trials[trials["status"] == FINISHED]
     if workload.headline_count:
         headline = f"{int(ok[workload.headline_count].astype(bool).sum())}/{len(ok)} {workload.headline_count}"
+    elif exp.seeds > 1 and len(ok) and "trial_name" in ok:
+        headline = _best_configuration(workload, ok)
     else:
-        # one trial's value: `report` gives each configuration's mean ± std over its seeds
         best = workload.best(ok)
         chosen = f" by {workload.selection[0]}" if workload.selection else ""
         headline = "no finished trial" if best is None else f"best trial{chosen}: {workload.metric} = {best[workload.metric]:.4g}"
