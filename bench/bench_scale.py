@@ -117,7 +117,7 @@ def folder_costs(root: Path, exp, keys) -> dict:
 
     store = ResultStore(root)
     started = time.perf_counter()
-    kept = kept_rows(store, exp, keys, lambda _: None)
+    kept, _ = kept_rows(store, exp, keys, lambda _: None)
     lookup = time.perf_counter() - started
     started = time.perf_counter()
     study_report("minimax", store)

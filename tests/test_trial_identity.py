@@ -140,9 +140,15 @@ def test_format_2_rows_of_another_scaling_or_moved_defaults_are_run_again(older_
 
     store, said = ResultStore(older_results), []
     gan = resolve("gan", "local", GAN_SET, sweeps=["lr=1e-4,2e-4"], say=lambda _: None)[0]
-    assert len(kept_rows(store, gan, gan.trial_keys(), said.append)) == 2 and not said  # as they ran
+    kept, again = kept_rows(store, gan, gan.trial_keys(), said.append)
+    assert len(kept) == 2 and not again and not said  # as they ran
     one = gan.with_overrides({"num_workers": "1"})
-    assert kept_rows(store, one, one.trial_keys(), said.append).empty
+    kept, again = kept_rows(store, one, one.trial_keys(), said.append)
+    assert kept.empty and again == set(one.trial_keys())  # run again, as new attempts:
+    from orchestrator.engine.plan import TrialPlan
+
+    plan = TrialPlan.make(one, WORKLOADS["gan"], store, "20261205-000000-abcd", kept, False, None, again)
+    assert plan.attempts == [f"{k}-20261205-000000-abcd" for k in one.trial_keys()]  # nothing of the old resumed
     assert said == ["[gan] 2 earlier finished trials ran under another Scaling (results format 2 did not key it): "
                     "running them again"]
     table = older_results / "minimax" / "trials.parquet"
@@ -150,7 +156,8 @@ def test_format_2_rows_of_another_scaling_or_moved_defaults_are_run_again(older_
         pd.read_parquet(part).assign(record_points=30).to_parquet(part)
     minimax = resolve("minimax", "local", ["num_lrs=8", "steps=200"], say=lambda _: None)[0]
     said.clear()
-    assert kept_rows(store, minimax, minimax.trial_keys(), said.append).empty
+    kept, again = kept_rows(store, minimax, minimax.trial_keys(), said.append)
+    assert kept.empty and again == set(minimax.trial_keys())
     assert said == ["[minimax] 5 earlier finished trials were computed with other values of fields now at their "
                     "defaults (record_points): running them again"]
 

@@ -2,12 +2,14 @@
 
 Storage only grows otherwise: Ray's storage (`<results>/_ray`, or --storage) keeps every run's Tune
 experiment folder and every Train run's checkpoints (a fine-tuned ResNet-50 + DistilBERT checkpoint
-is ~1.4 GB). Removed: the Train run folders and PBT folders of trials that ran to their end
-(TERMINATED: a rerun of one is a new attempt, under --fresh), the Tune experiment folders of runs
+is ~1.4 GB). Removed: the Train run folders and PBT folders of attempts whose latest row is
+TERMINATED (a rerun of a finished trial is always a new attempt), the Tune experiment folders of runs
 that are over (Tune's own state: no resume reads it), writers' temporaries. Kept: everything of a
 trial that did not finish (ERROR, ABORTED, stopped early by ASHA, or killed before its row): the next
 run resumes it from there; every table and artifact (weights, grids, TensorBoard logs). A dry run by
-default; it holds the run lock, so no run is going while it looks or deletes.
+default; it holds the run lock, so no run is going while it looks or deletes. Train folders are
+recognised by the trial key their names end with: a --storage shared by several results folders
+holds other folders' runs under the same keys, which this folder's lock does not cover (docs/results.md).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def clean(args: argparse.Namespace) -> int:
             for path, _ in removable:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             store.sweep_temporaries()
-            print(f"freed {_gib(total)} ({len(removable)} folders and files)")
+            left = [(p, size) for p, size in removable if p.exists()]
+            print(f"freed {_gib(total - sum(s for _, s in left))} ({len(removable) - len(left)} folders and files)"
+                  + (f"; could not remove {len(left)}, e.g. {left[0][0]}" if left else ""))
+            return 1 if left else 0
         return 0
     finally:
         lock.release()
@@ -59,9 +64,11 @@ def _removable(store: ResultStore, storage: Path) -> list[tuple[Path, int]]:
     finished, runs = set(), set()
     for study in studies():
         trials = store.read(study, "trials", columns=["attempt", "trial_key", "status", "run_id"])
-        if not trials.empty:
-            attempts = trials["attempt"].fillna(trials["trial_key"]) if "attempt" in trials else trials["trial_key"]
-            finished |= {f"{study}/{a}" for a in attempts[trials["status"] == FINISHED]}
+        if not trials.empty:  # an attempt whose latest row is TERMINATED (not an earlier one's: a rerun may go on)
+            trials = trials.assign(attempt=trials["attempt"].fillna(trials["trial_key"]) if "attempt" in trials
+                                   else trials["trial_key"]).sort_values("run_id")
+            latest = trials.groupby("attempt")["status"].last()
+            finished |= {f"{study}/{a}" for a in latest.index[latest == FINISHED]}
         spec = store.read(study, "runs", columns=["run_id"])
         runs |= {f"{study}-{r}" for r in spec.get("run_id", ())}
     out: list[Path] = []

@@ -22,12 +22,16 @@ from orchestrator.studies.registry import WORKLOADS
 from orchestrator.studies.spec import LOCAL_FIELDS, Experiment, legacy_key, result_scaling
 
 
-def kept_rows(store: ResultStore, exp: Experiment, keys: list[str], say: Callable[[str], None]) -> pd.DataFrame:
-    """The finished rows of `exp`'s trials (ASHA's early stops count for an ASHA run)."""
+def kept_rows(store: ResultStore, exp: Experiment, keys: list[str], say: Callable[[str], None]
+              ) -> tuple[pd.DataFrame, frozenset[str]]:
+    """(the finished rows of `exp`'s trials (ASHA's early stops count for an ASHA run), the keys of
+    trials that finished before but are run again here). Those run as new attempts (`key-run_id`, as
+    under --fresh): the earlier attempt's parts may be compacted, and its checkpoints are another
+    computation's, so nothing of it is resumed or written over."""
     aliases = {legacy_key(c): key for c, key in zip(exp.trial_configs(), keys)}  # format 2's keys -> today's
     done = store.finished(exp.study, keys, exp.scheduler == "asha", aliases)
     if done.empty:
-        return done
+        return done, frozenset()
     other_scaling = _format2_scaling_differs(exp, done)
     moved = _config_differs(exp, done) & ~other_scaling
     for mask, why in ((other_scaling, "ran under another Scaling (results format 2 did not key it)"),
@@ -36,7 +40,8 @@ def kept_rows(store: ResultStore, exp: Experiment, keys: list[str], say: Callabl
             fields = f" ({', '.join(sorted(set().union(*done.loc[mask, '_moved'])))})" if why.startswith("were") else ""
             say(f"[{exp.study}] {done.loc[mask, 'trial_key'].nunique()} earlier finished trials {why}{fields}: "
                 "running them again")
-    return done[~(other_scaling | moved)].drop(columns="_moved").reset_index(drop=True)
+    again = frozenset(done.loc[other_scaling | moved, "trial_key"])
+    return done[~(other_scaling | moved)].drop(columns="_moved").reset_index(drop=True), again
 
 
 def _format2_scaling_differs(exp: Experiment, done: pd.DataFrame) -> pd.Series:

@@ -59,8 +59,9 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
 
     keys = {e.study: e.trial_keys() for e in experiments}
     # trials ASHA stopped early are results of an ASHA run; another scheduler runs them to their end
-    done = {e.study: pd.DataFrame() if args.fresh else kept_rows(store, e, keys[e.study], progress.say)
+    kept = {e.study: (pd.DataFrame(), frozenset()) if args.fresh else kept_rows(store, e, keys[e.study], progress.say)
             for e in experiments}
+    done, again = {s: k[0] for s, k in kept.items()}, {s: k[1] for s, k in kept.items()}
     pending = [e for e in experiments if set(keys[e.study]) - set(done[e.study].get("trial_key", ()))]
     if pending:
         preflight(pending, on_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))  # bad input fails here
@@ -94,7 +95,7 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
         progress.say(f"run {run_id}: {', '.join(e.study for e in experiments)} ({args.profile}) -> {Path(args.results)}")
         for exp in experiments:
             started = time.perf_counter()
-            trials = engine.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done[exp.study],
+            trials = engine.run_experiment(exp, WORKLOADS[exp.study], store, run_id, done[exp.study], again[exp.study],
                                                 fresh=args.fresh, storage=args.storage, joined=session.joined,
                                                 trackers=args.trackers, tracking_uri=args.tracking_uri)
             failed += int((~trials["status"].isin(DONE)).sum()) if len(trials) else 0
@@ -139,15 +140,16 @@ def _best_configuration(workload, ok: pd.DataFrame) -> str:
     """With several seeds: the configuration whose mean selection metric (val) is best, and its reported
     metric's mean ± std over its seeds (what `report` ranks; one seed's value would be a draw)."""
     column, mode = workload.selection or (workload.metric, workload.mode)
-    configuration = ok["trial_name"].str.replace(r",?seed=\d+$", "", regex=True)
+    # the trial's name without its seed (and a collision suffix): its configuration
+    configuration = ok["trial_name"].str.replace(r"(,?seed=\d+)|(#\w+$)", "", regex=True).str.rstrip("-,")
     means = ok.groupby(configuration)[column].mean()
     if means.isna().all():
         return "no finished trial"
     best = means.idxmax() if mode == "max" else means.idxmin()
     values = ok.loc[configuration == best, workload.metric]
-    name = best.split("-", 1)[1] if "-" in best else best
-    return (f"best by mean {column}: {name}: {workload.metric} = {values.mean():.4g} ± {values.std():.2g} "
-            f"({len(values)} seeds)")
+    name = best.split("-", 1)[1] if "-" in best else "the default"
+    spread = f" ± {values.std():.2g} ({len(values)} seeds)" if len(values) > 1 else " (1 seed finished)"
+    return f"best by mean {column}: {name}: {workload.metric} = {values.mean():.4g}{spread}"
 
 
 def _summary(exp: Experiment, trials, seconds: float) -> tuple[str, str]:

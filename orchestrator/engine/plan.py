@@ -46,7 +46,7 @@ class TrialPlan:
 
     @classmethod
     def make(cls, exp: Experiment, workload: Workload, store: ResultStore, run_id: str, kept: pd.DataFrame | None,
-             fresh: bool, storage: str | None) -> "TrialPlan":
+             fresh: bool, storage: str | None, again: frozenset[str] = frozenset()) -> "TrialPlan":
         kept = pd.DataFrame() if kept is None or fresh else kept
         skip = set(kept["trial_key"]) if len(kept) else set()
         points = exp.trial_points()
@@ -54,7 +54,7 @@ class TrialPlan:
                    if exp.key(config) not in skip]
         params, configs, names = ([p[i] for p in pending] for i in range(3))
         keys = [exp.key(c) for c in configs]
-        attempts = [f"{key}-{run_id}" if fresh else key for key in keys]
+        attempts = [f"{key}-{run_id}" if fresh or key in again else key for key in keys]  # again: cli/kept.py
         return cls(exp, workload, run_id, kept, params, configs, names, keys, attempts,
                    [str((store.root / exp.study / "artifacts" / a).resolve()) for a in attempts],
                    storage or str((store.root / "_ray").resolve()), len(points))

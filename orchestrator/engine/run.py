@@ -15,6 +15,7 @@ import time
 from typing import Callable
 
 import pandas as pd
+import pyarrow as pa
 
 from orchestrator import progress as progress_lines
 from orchestrator.engine import capacity, schedulers, session, trackers as tracker_callbacks, waiting
@@ -32,6 +33,7 @@ def run_experiment(
     store: ResultStore,
     run_id: str,
     done_before: pd.DataFrame | None = None,
+    again: frozenset[str] = frozenset(),
     fresh: bool = False,
     storage: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -39,12 +41,13 @@ def run_experiment(
     trackers: list[str] = (),
     tracking_uri: str | None = None,
 ) -> pd.DataFrame:
-    """Run every trial of `exp` except those in `done_before` (the caller's store.finished rows; none
-    with `fresh`); write rows as they arrive; return this run's trial rows and the kept ones."""
+    """Run every trial of `exp` except those in `done_before` (the caller's kept rows; none with
+    `fresh`), those whose keys are in `again` as new attempts (cli/kept.py); write rows as they arrive;
+    return this run's trial rows and the kept ones."""
     # never `print` itself: Tune pickles callbacks, and Ray may replace builtins.print (tqdm_ray), after
     # which the original no longer pickles by reference
     say = progress or progress_lines.say
-    plan = TrialPlan.make(exp, workload, store, run_id, done_before, fresh, storage)
+    plan = TrialPlan.make(exp, workload, store, run_id, done_before, fresh, storage, again)
     if len(plan.kept):
         say(f"[{exp.study}] {plan.total - len(plan.configs)}/{plan.total} trials already finished: "
             f"kept{'' if plan.configs else ', nothing to run'} (--fresh reruns them)")
@@ -67,8 +70,8 @@ def _compact(plan: TrialPlan, store: ResultStore, written: list[pd.DataFrame], s
     finished = sorted(set(rows.loc[rows["status"] == FINISHED, "attempt"].dropna()))
     try:
         merged = store.compact_run(plan.study, plan.run_id, finished)
-    except OSError as exc:  # the parts stay as they are: readers read them whole, the next run may compact
-        say(f"[{plan.study}] tables not compacted ({exc.strerror or exc}); every row is kept")
+    except (OSError, ValueError, pa.ArrowException) as exc:  # the parts stay as they are, each read whole
+        say(f"[{plan.study}] tables not compacted ({getattr(exc, 'strerror', None) or exc}); every row is kept")
         return
     if merged:
         say(f"[{plan.study}] tables compacted: {merged} parts of {len(finished)} finished trials -> one per table")

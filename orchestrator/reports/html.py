@@ -9,6 +9,7 @@ import base64
 import html
 import os
 import time
+import urllib.parse
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +51,7 @@ def _grid(path: Path, caption: str, root: Path, embed: bool, photo: bool = False
     """A grid embedded (`_img`), or past the cap a link to its file, relative to report.html."""
     if embed:
         return _img(path, caption, photo)
-    href = html.escape(os.path.relpath(path, root))
+    href = html.escape(urllib.parse.quote(os.path.relpath(path, root)))  # prompt names may hold # ? %
     return f'<p class="linked"><a href="{href}">{html.escape(caption or path.stem)}</a></p>'
 
 

@@ -8,8 +8,10 @@ written whole (a hidden temporary, renamed) before they are deleted, and every r
 that a compacted part names: each row is read once at every moment, a kill between the two steps
 included. The next run (holding the lock) finishes such a compaction by deleting what it names.
 Only parts of trials that ran to their end (TERMINATED) are compacted: those are never written again
-(a rerun of one is a new attempt under --fresh; a trial ASHA stopped may be run on later, so its
-parts stay as they are).
+(a rerun of one is always a new attempt, `key-run_id`: under --fresh, and where cli/kept.py runs a
+finished trial again; a trial ASHA stopped may be run on later, so its parts stay as they are).
+Readers other than the project's (pandas on the folder, a DuckDB glob) see a cut-short
+compaction's leftovers twice until the next run or `clean --yes` removes them.
 """
 
 from __future__ import annotations

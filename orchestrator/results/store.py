@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -274,15 +275,21 @@ def _read(path: Path, where: ds.Expression | None = None, columns: list[str] | N
     down; compact.parts leaves out hidden files (writers' temporaries) and parts a compacted one holds."""
     if path.is_file():
         return pd.read_parquet(path), schemas.path_columns([pq.read_schema(path)])
-    files = compact.parts(path)
-    if not files:
-        return pd.DataFrame(), set()
-    parts = [pq.read_schema(f) for f in files]
-    schema = pa.unify_schemas(parts, promote_options="permissive")
-    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
-    picked = [c for c in columns if c in schema.names] if columns is not None else None
-    frame = dataset.to_table(filter=where, columns=picked).to_pandas()
-    return frame, schemas.path_columns(parts)
+    for attempt in range(5):  # a run compacting meanwhile (a reader holds no lock) deletes what it listed
+        try:
+            files = compact.parts(path)
+            if not files:
+                return pd.DataFrame(), set()
+            parts = [pq.read_schema(f) for f in files]
+            schema = pa.unify_schemas(parts, promote_options="permissive")
+            dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+            picked = [c for c in columns if c in schema.names] if columns is not None else None
+            return dataset.to_table(filter=where, columns=picked).to_pandas(), schemas.path_columns(parts)
+        except (FileNotFoundError, pa.ArrowException) as exc:  # listed, then gone: list again
+            if attempt == 4 or (isinstance(exc, pa.ArrowException) and "No such file" not in str(exc)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sanitize(frame: pd.DataFrame) -> pd.DataFrame:
