@@ -19,8 +19,8 @@ Target: GAN trial ratio <= 1.10 for a run of 60 s or more.
 
 Default: one worker with 1 CPU on this 2-core box, leaving the other core to Ray's own ~15 processes
 (GCS, raylet, dashboard agent, Tune and Train controllers, their pollers), as a cluster's head node
-does. With `--set cpus_per_worker=2` the trial shares both cores with them and loses 7-14% of its
-throughput (measured with psutil: they take ~11% of the machine while the worker trains).
+does. With `--set cpus_per_worker=2` the trial shares both cores with them and loses throughput (its
+images/s against the plain loop's, printed: 0.88 in docs/benchmarks.md).
 Data and caches (extracted FashionMNIST, the FID classifier, CLIP features) are prepared before
 timing so that neither side pays for them.
 """
