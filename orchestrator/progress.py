@@ -217,10 +217,7 @@ class Tail:
         """The trials to poll: those running, and once more those that ran at the last poll."""
         if self.active is None:
             return list(range(len(self.files)))
-        try:
-            running = set(self.active())
-        except RuntimeError:  # the sink's dict changed size under us (another thread): all, this once
-            running = set(range(len(self.files)))
+        running = set(self.active())
         indexes, self._polled = sorted(running | self._polled), running
         return indexes
 

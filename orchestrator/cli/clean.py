@@ -23,7 +23,6 @@ from orchestrator.results import compact
 from orchestrator.results.runlock import LockHeld, RunLock
 from orchestrator.results.store import FINISHED, ResultStore, StoreError
 from orchestrator.studies.experiments import studies
-from workloads.common import TMP_MARK
 
 
 def clean(args: argparse.Namespace) -> int:
@@ -49,7 +48,6 @@ def clean(args: argparse.Namespace) -> int:
         else:
             for path, _ in removable:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            store.sweep_temporaries()
             left = [(p, size) for p, size in removable if p.exists()]
             print(f"freed {_gib(total - sum(s for _, s in left))} ({len(removable) - len(left)} folders and files)"
                   + (f"; could not remove {len(left)}, e.g. {left[0][0]}" if left else ""))
@@ -83,10 +81,9 @@ def _removable(store: ResultStore, storage: Path) -> list[tuple[Path, int]]:
                 out += [p for p in sorted(folder.iterdir()) if p.is_dir() and f"{study}/{_attempt(p.name)}" in finished]
             elif any(f"{study}/{a}" in finished for a in _suffixes(folder.name)):  # a Train run: <name>-<attempt>
                 out.append(folder)
-    out += sorted(p for p in store.root.glob(f"*/*.parquet/.*{TMP_MARK}*"))
-    for table in store.root.glob("*/*.parquet"):
-        held = compact.replaced(list(table.glob(f"{compact.PREFIX}*.parquet")))
-        out += sorted(table / name for name in held if (table / name).exists())
+    out += store.temporaries()
+    for table in sorted(store.root.glob("*/*.parquet")):
+        out += compact.leftovers(table)
     return [(p, _size(p)) for p in out]
 
 
@@ -98,7 +95,7 @@ def _attempt(name: str) -> str:
 def _suffixes(name: str) -> list[str]:
     """The attempts a Train run folder's name may end with: its last dash-separated key (12 hex
     digits), alone or with a --fresh run id after it."""
-    found = re.search(r"-([0-9a-f]{12})(-\d{8}-\d{6}-[0-9a-f]{4})?$", name)
+    found = re.search(rf"-([0-9a-f]{{12}})(-{compact.RUN_ID})?$", name)
     return [found.group(1) + (found.group(2) or "")] if found else []
 
 

@@ -33,15 +33,15 @@ def kept_rows(store: ResultStore, exp: Experiment, keys: list[str], say: Callabl
     if done.empty:
         return done, frozenset()
     other_scaling = _format2_scaling_differs(exp, done)
-    moved = _config_differs(exp, done) & ~other_scaling
+    fields = _moved_fields(exp, done)
+    moved = pd.Series([bool(f) for f in fields], index=done.index) & ~other_scaling
+    named = ", ".join(sorted(set().union(*(f for f, m in zip(fields, moved) if m))))
     for mask, why in ((other_scaling, "ran under another Scaling (results format 2 did not key it)"),
-                      (moved, "were computed with other values of fields now at their defaults")):
+                      (moved, f"were computed with other values of fields now at their defaults ({named})")):
         if mask.any():
-            fields = f" ({', '.join(sorted(set().union(*done.loc[mask, '_moved'])))})" if why.startswith("were") else ""
-            say(f"[{exp.study}] {done.loc[mask, 'trial_key'].nunique()} earlier finished trials {why}{fields}: "
-                "running them again")
-    again = frozenset(done.loc[other_scaling | moved, "trial_key"])
-    return done[~(other_scaling | moved)].drop(columns="_moved").reset_index(drop=True), again
+            say(f"[{exp.study}] {done.loc[mask, 'trial_key'].nunique()} earlier finished trials {why}: running them again")
+    rerun = other_scaling | moved
+    return done[~rerun].reset_index(drop=True), frozenset(done.loc[rerun, "trial_key"])
 
 
 def _format2_scaling_differs(exp: Experiment, done: pd.DataFrame) -> pd.Series:
@@ -60,18 +60,16 @@ def _format2_scaling_differs(exp: Experiment, done: pd.DataFrame) -> pd.Series:
     return legacy & differs
 
 
-def _config_differs(exp: Experiment, done: pd.DataFrame) -> pd.Series:
-    """Rows whose recorded config differs from their trial's config today on a field both have (a null
-    or missing column: a field the row's version did not have). Fields the workload reports itself (a
-    PBT-moved lr, CLIP's image counts) and machine-local ones are not compared. Sets `_moved`."""
+def _moved_fields(exp: Experiment, done: pd.DataFrame) -> list[set[str]]:
+    """Per row, the fields on which its recorded config differs from its trial's config today, among
+    those both have (a null or missing column: a field the row's version did not have). Fields the
+    workload reports itself (a PBT-moved lr, CLIP's image counts) and machine-local ones are not compared."""
     workload = WORKLOADS[exp.study]
     skip = {*LOCAL_FIELDS, *workload.pbt, *workload.columns.get("trials", {}), *schemas.WORKER, *schemas.TRIAL,
             *schemas.IDS}
     today = {exp.key(c): config_columns(dataclasses.asdict(c), workload.row_exclude) for c in exp.trial_configs()}
-    moved = [sorted(k for k, v in today.get(key, {}).items() if k not in skip and k in row and _differs(row[k], v))
-             for key, row in zip(done["trial_key"], done.to_dict("records"))]
-    done["_moved"] = [set(m) for m in moved]
-    return pd.Series([bool(m) for m in moved], index=done.index)
+    return [{k for k, v in today.get(key, {}).items() if k not in skip and k in row and _differs(row[k], v)}
+            for key, row in zip(done["trial_key"], done.to_dict("records"))]
 
 
 def _differs(stored: Any, now: Any) -> bool:

@@ -71,7 +71,7 @@ class RowSink:
         self.written: list[pd.DataFrame] = []  # trial rows, as they were written
         self._live: set[int] = set()  # trials started and not ended (progress.Tail polls their files)
         self._fresh: list[int] = []  # trials started since the last polling() call
-        self._polled = threading.Lock()  # guards _live and _fresh
+        self._live_lock = threading.Lock()  # guards _live and _fresh
         self.failure: Exception | None = None  # a write that failed, or a wait given up: the run stops
         self.early_stopped: set[str] = set()  # trial ids the scheduler stopped (STOPPED rows, not ABORTED)
         self.watcher = None  # waiting.Watcher, told that trials move
@@ -107,7 +107,7 @@ class RowSink:
     def polling(self) -> list[int]:
         """The trials whose progress files may hold news: running ones, and any started since the last
         call (a trial of a second starts and ends between two polls)."""
-        with self._polled:  # Tune's callback thread adds to both while the tail's thread reads them
+        with self._live_lock:  # Tune's callback thread adds to both while the tail's thread reads them
             fresh, self._fresh = self._fresh, []
             return [*fresh, *self._live]
 
@@ -115,7 +115,7 @@ class RowSink:
         where = f"{self.plan.exp.scaling.num_workers} Train workers" if self.plan.distributed else "one process"
         self._moved(index, "running")
         rows = self.running.setdefault(index, _TrialRows())
-        with self._polled:
+        with self._live_lock:
             self._live.add(index)
             self._fresh.append(index)
         self._restarts(index, rows)
@@ -187,7 +187,7 @@ class RowSink:
     def ended(self, index: int, trial_id: str, status: str, error: str | None) -> None:
         """A trial ended: its extra tables, then its row (the row last: a trial with a row is complete)."""
         plan, rows = self.plan, self.running.pop(index, None) or _TrialRows()
-        with self._polled:
+        with self._live_lock:
             self._live.discard(index)
         if status == FINISHED and "trials" not in rows.tables:
             status, error = self._ended_early(rows, trial_id, error)

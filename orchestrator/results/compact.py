@@ -33,11 +33,22 @@ MANIFEST = b"orchestrator.compacted"  # its schema metadata: the names of the pa
 def parts(directory: Path) -> list[Path]:
     """A table's parts a reader reads: every Parquet file but hidden ones (writers' temporaries) and
     those a compacted part holds (a compaction cut short before it deleted them)."""
-    if not directory.is_dir():
-        return []
-    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
-    held = replaced(files)
+    files, held = _listing(directory)
     return [p for p in files if p.name not in held]
+
+
+def leftovers(directory: Path) -> list[Path]:
+    """Parts a compacted part holds that are still there (a compaction cut short): finish() deletes them."""
+    files, held = _listing(directory)
+    return [p for p in files if p.name in held]
+
+
+def _listing(directory: Path) -> tuple[list[Path], set[str]]:
+    """(a table's visible Parquet files, the names its compacted parts hold)."""
+    if not directory.is_dir():
+        return [], set()
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
+    return files, replaced(files)
 
 
 def replaced(files: list[Path]) -> set[str]:
@@ -72,16 +83,10 @@ def compact(directory: Path, run_id: str, names: list[str]) -> int:
 
 def finish(directory: Path) -> int:
     """Delete parts that a compacted part holds (left by a compaction that was cut short)."""
-    if not directory.is_dir():
-        return 0
-    files = [p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_"))]
-    held = replaced(files)
-    removed = 0
-    for path in files:
-        if path.name in held:
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    left = leftovers(directory)
+    for path in left:
+        path.unlink(missing_ok=True)
+    return len(left)
 
 
 RUN_ID = r"\d{8}-\d{6}-[0-9a-f]{4}"  # cli/run.py: UTC time and 4 hex digits

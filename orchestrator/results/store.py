@@ -162,16 +162,8 @@ class ResultStore:
         aliases = {**self._recorded_aliases(study), **(aliases or {})}
         statuses = [FINISHED, STOPPED] if keep_stopped else [FINISHED]
         wanted = ds.field("trial_key").isin(sorted({*keys, *aliases})) & ds.field("status").isin(statuses)
-        trials = self._aliased(study, self.read(study, "trials", where=wanted), aliases)
+        trials = _aliased(self.read(study, "trials", where=wanted), aliases)
         return latest_finished(trials, keys, keep_stopped)
-
-    def _aliased(self, study: str, trials: pd.DataFrame, aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
-        """`trials` with each row's trial_key mapped through `aliases` and the aliases earlier runs
-        recorded (the runs table's stored_key -> trial_key), its stored key kept as `stored_key`."""
-        if trials.empty or "trial_key" not in trials:
-            return trials
-        aliases = {**self._recorded_aliases(study), **(aliases or {})}
-        return trials.assign(stored_key=trials["trial_key"], trial_key=[aliases.get(k, k) for k in trials["trial_key"]])
 
     def _recorded_aliases(self, study: str) -> dict[str, str]:
         """stored_key -> trial_key of kept rows stored under another key, as earlier runs recorded them."""
@@ -186,7 +178,7 @@ class ResultStore:
         """(rows, trials missing): by default the study's current results, i.e. for each trial of
         the spec of its latest `run`, its latest finished rows, whichever run produced them; with
         `run_id`, that run's rows alone (missing 0)."""
-        trials = self._aliased(study, self.read(study, "trials"))
+        trials = _aliased(self.read(study, "trials"), self._recorded_aliases(study))
         if trials.empty:
             raise StoreError(f"no trials recorded yet for {study} in {self.root}")
         if run_id is not None:
@@ -210,12 +202,16 @@ class ResultStore:
         """Remove temporary files that killed writers left behind (hidden, so no reader ever saw
         them). Only for the holder of the results directory's lock: no other writer is running."""
         removed = 0
-        for tmp in self.root.glob(f"*/*.parquet/.*{TMP_MARK}*"):
+        for tmp in self.temporaries():
             tmp.unlink(missing_ok=True)
             removed += 1
         for directory in self.root.glob("*/*.parquet"):  # and parts a cut-short compaction left (compact.py)
             removed += compact.finish(directory)
         return removed
+
+    def temporaries(self) -> list[Path]:
+        """Temporary files of writers that were killed (hidden: no reader ever saw them)."""
+        return sorted(self.root.glob(f"*/*.parquet/.*{TMP_MARK}*"))
 
     def read(self, study: str, table: str, where: ds.Expression | None = None,
              columns: list[str] | None = None) -> pd.DataFrame:
@@ -250,6 +246,14 @@ class ResultStore:
         parts = path.parts
         at = len(parts) - 1 - parts[::-1].index(study)
         return str(self.root.absolute().joinpath(*parts[at:]))
+
+
+def _aliased(trials: pd.DataFrame, aliases: Mapping[str, str]) -> pd.DataFrame:
+    """`trials` with each row's trial_key mapped through `aliases` (stored key -> today's key), the key
+    it is stored under kept as `stored_key`."""
+    if trials.empty or "trial_key" not in trials:
+        return trials
+    return trials.assign(stored_key=trials["trial_key"], trial_key=[aliases.get(k, k) for k in trials["trial_key"]])
 
 
 def latest_finished(table: pd.DataFrame, keys, keep_stopped: bool = True) -> pd.DataFrame:

@@ -27,8 +27,8 @@ LOCAL_FIELDS = ("data_dir", "cache_dir")
 # and SyncBatchNorm (it acts only on multi-GPU DDP). The others (gpus_per_worker, retries, waits) say
 # how trials share nodes and recover: a trial packed at 0.25 GPU computes what it does on a whole one.
 # cpus_per_worker is left out too, although Ray sets a CPU worker's torch threads from it, which can
-# move the last bits of CPU reductions (rows record the machine; see docs/results.md).
-RESULT_SCALING = ("num_workers", "use_gpu", "sync_bn")
+# move the last bits of CPU reductions (rows record the machine; see docs/results.md). result_scaling
+# below is the one place that says which.
 
 
 def trial_key(config: Any, scaling: "Scaling | None" = None, study: str = "", distributed: bool = True,
@@ -39,7 +39,7 @@ def trial_key(config: Any, scaling: "Scaling | None" = None, study: str = "", di
     hyperparameters). Same computation, same key, on every run and every machine; a config that gains a
     field at its default keeps its keys (the results before it stay results). The code version is not
     part of it (rows record it), nor are the defaults themselves (rows record `defaults_key`; a kept
-    row whose recorded config differs from today's is rerun: cli/run.py)."""
+    row whose recorded config differs from today's is rerun: cli/kept.py)."""
     identity: dict[str, Any] = {f"config.{k}": v for k, v in _moved(config).items() if k not in LOCAL_FIELDS}
     if study:
         identity["study"] = study
