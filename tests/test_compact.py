@@ -115,3 +115,43 @@ def test_finished_pushes_its_filter_down_and_reads_compacted_and_loose_parts_ali
     assert sorted(zip(rows["trial_key"], rows["run_id"])) == [("aaaaaaaaaaaa", EARLIER), ("dddddddddddd", RUN)]
     assert store.read("gan", "trials", where=ds.field("status") == "ERROR")["trial_key"].tolist() == ["aaaaaaaaaaaa"]
     assert store.read("gan", "trials", columns=["trial_key", "no_such_column"]).columns.tolist() == ["trial_key"]
+
+
+def spec(store: ResultStore, run_id: str, keys: list[str], kept: tuple[str, ...] = ()):
+    """A run's spec as cli/run.py records it (the `runs` table): the trials it runs or keeps."""
+    store.write_spec("gan", run_id, pd.DataFrame({
+        "run_id": run_id, "study": "gan", "profile": "local", "trial_index": range(len(keys)), "trial_key": keys,
+        "trial_name": keys, "params": "{}", "scheduler": "fifo", "kept": [k in kept for k in keys],
+        "stored_key": keys, "code_version": "test", "started_at": 0.0}))
+
+
+def test_a_lookup_opens_the_parts_of_the_runs_that_name_its_trials_and_reads_each_row_once(store, monkeypatch):
+    """The start-of-run lookup and `report` read the trials parts of the runs whose specs name the
+    trials (and of runs with no spec), not every part of the folder's history; the runs table is
+    one part however many runs wrote it."""
+    r1, r2, r3, r4 = (f"2026120{d}-120000-000{d}" for d in (1, 2, 3, 4))
+    spec(store, r1, ["k1"])
+    write_run(store, ["k1"], epochs=1, run_id=r1)  # finished, killed before compacting: loose parts
+    spec(store, r2, ["k2"])
+    write_run(store, ["k2"], epochs=1, run_id=r2)
+    store.compact_run("gan", r2, ["k2"])
+    spec(store, r3, ["k1", "k3"], kept=("k1",))  # keeps k1's row and compacts its parts with its own
+    write_run(store, ["k3"], epochs=1, run_id=r3)
+    store.compact_run("gan", r3, ["k1", "k3"])
+    write_run(store, ["k4"], epochs=1, run_id=r4)  # a run whose spec was never written
+    assert [p.name for p in store.table_dir("gan", "runs").glob("*.parquet")] == [f"c-{r3}.parquet"]
+    assert len(store.read("gan", "runs")) == 4  # the specs' rows, each once
+
+    opened = []
+    listed = compact.parts
+    monkeypatch.setattr(compact, "parts", lambda d, runs=None: opened.extend(p.name for p in listed(d, runs)) or listed(d, runs))
+    rows = store.finished("gan", ["k1", "k2", "k4", "k5"])
+    assert sorted(zip(rows["trial_key"], rows["run_id"])) == [("k1", r1), ("k2", r2), ("k4", r4)]
+    opened.clear()
+    assert store.finished("gan", ["k2"])["run_id"].tolist() == [r2]
+    assert sorted(opened) == [f"c-{r3}.parquet", f"k2-{r2}.parquet", f"k4-{r4}.parquet"]  # the runs table, r2's row (one part: not compacted), r4's
+    opened.clear()
+    rows, missing = store.current("gan")  # r3's spec: k1 (kept, compacted by r3) and k3
+    assert sorted(zip(rows["trial_key"], rows["run_id"])) == [("k1", r1), ("k3", r3)] and missing == 0
+    assert f"k2-{r2}.parquet" not in opened
+    assert store.current("gan", r2)[0]["trial_key"].tolist() == ["k2"]  # any run, by id

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 
 from orchestrator.reports import cost
 from orchestrator.results.store import STOPPED, ResultStore, StoreError
@@ -50,8 +51,10 @@ def attempts(frame: pd.DataFrame) -> pd.Series:
 def steps_of(store: ResultStore, study: str, trials: pd.DataFrame) -> pd.DataFrame:
     """The steps rows of these trial rows: those of the same attempt (its files, across resumed runs)
     written up to the row's run (`report --run` of a failed run shows its curves, not a later run's),
-    under the row's trial key (a kept format-2 row's is today's)."""
-    steps = store.read(study, "steps")
+    under the row's trial key (a kept format-2 row's is today's). Reads only the parts of the runs
+    that name these trials, and of those the rows of their keys (pushed down)."""
+    keys = sorted({*trials["trial_key"], *trials.get("stored_key", pd.Series(dtype=object)).dropna()})
+    steps = store.read(study, "steps", where=ds.field("trial_key").isin(keys), runs=store.naming(study, keys))
     if steps.empty:
         return steps
     rows = trials.drop_duplicates("attempt").set_index("attempt")

@@ -20,6 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,10 +31,13 @@ PREFIX = "c-"  # a compacted part's name: c-<run_id>.parquet
 MANIFEST = b"orchestrator.compacted"  # its schema metadata: the names of the parts it holds
 
 
-def parts(directory: Path) -> list[Path]:
+def parts(directory: Path, runs: Callable[[str | None], bool] | None = None) -> list[Path]:
     """A table's parts a reader reads: every Parquet file but hidden ones (writers' temporaries) and
-    those a compacted part holds (a compaction cut short before it deleted them)."""
-    files, held = _listing(directory)
+    those a compacted part holds (a compaction cut short before it deleted them). With `runs`, only
+    parts whose run (run_of; None: a part named without one) it accepts, and only their compacted
+    parts' manifests are read: a reader looking for some trials' rows opens the files of the runs
+    that recorded them (store.finished), not every footer of the folder's history."""
+    files, held = _listing(directory, runs)
     return [p for p in files if p.name not in held]
 
 
@@ -43,11 +47,13 @@ def leftovers(directory: Path) -> list[Path]:
     return [p for p in files if p.name in held]
 
 
-def _listing(directory: Path) -> tuple[list[Path], set[str]]:
-    """(a table's visible Parquet files, the names its compacted parts hold)."""
+def _listing(directory: Path, runs: Callable[[str | None], bool] | None = None) -> tuple[list[Path], set[str]]:
+    """(a table's visible Parquet files (of the runs `runs` accepts), the names their compacted parts hold)."""
     if not directory.is_dir():
         return [], set()
     files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if runs is not None:
+        files = [p for p in files if runs(run_of(p.name))]
     return files, replaced(files)
 
 
@@ -90,6 +96,14 @@ def finish(directory: Path) -> int:
 
 
 RUN_ID = r"\d{8}-\d{6}-[0-9a-f]{4}"  # cli/run.py: UTC time and 4 hex digits
+_RUN_OF = re.compile(rf"(?:{PREFIX}|.*-)?({RUN_ID})\.parquet")
+
+
+def run_of(name: str) -> str | None:
+    """The run a part's file name says wrote it: `c-<run>`, `<attempt>-<run>` (a trial row), `<run>`
+    (a spec); None for names without one (steps parts `<attempt>-NNNNNN`, format 2's `<key>`)."""
+    m = _RUN_OF.fullmatch(name)
+    return m.group(1) if m else None
 
 
 def trial_parts(stems: list[str], attempts: list[str]) -> list[str]:

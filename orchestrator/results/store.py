@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -158,45 +158,55 @@ class ResultStore:
         finished run (a trial may have many rows: minimax writes one per learning rate); with
         `keep_stopped` (an ASHA run), trials ASHA stopped early count as finished. Rows stored under
         another key (`aliases`: format 2's key of a trial -> today's; and those earlier runs recorded)
-        count as their trial's, `stored_key` saying what they were stored under."""
-        aliases = {**self._recorded_aliases(study), **(aliases or {})}
+        count as their trial's, `stored_key` saying what they were stored under. Reads the parts of
+        the runs whose specs name these keys (and of runs with no spec), not the folder's history."""
+        runs = self.read(study, "runs", columns=["run_id", "trial_key", "stored_key"])
+        aliases = {**_recorded_aliases(runs), **(aliases or {})}
+        wanted = sorted({*keys, *aliases})
         statuses = [FINISHED, STOPPED] if keep_stopped else [FINISHED]
-        wanted = ds.field("trial_key").isin(sorted({*keys, *aliases})) & ds.field("status").isin(statuses)
-        trials = _aliased(self.read(study, "trials", where=wanted), aliases)
+        where = ds.field("trial_key").isin(wanted) & ds.field("status").isin(statuses)
+        trials = _aliased(self.read(study, "trials", where=where, runs=_runs_naming(runs, wanted)), aliases)
         return latest_finished(trials, keys, keep_stopped)
 
-    def _recorded_aliases(self, study: str) -> dict[str, str]:
-        """stored_key -> trial_key of kept rows stored under another key, as earlier runs recorded them."""
-        runs = self.read(study, "runs", columns=["run_id", "trial_key", "stored_key"])
-        if "stored_key" not in runs:
-            return {}
-        moved = runs.dropna(subset=["stored_key"]).sort_values("run_id")  # a later run's mapping wins
-        moved = moved[moved["stored_key"] != moved["trial_key"]]
-        return dict(zip(moved["stored_key"], moved["trial_key"]))
+    def naming(self, study: str, keys: list[str]) -> Callable[[str | None], bool] | None:
+        """Which runs' parts can hold rows of `keys` (for read's `runs`): _runs_naming of the runs table."""
+        return _runs_naming(self.read(study, "runs", columns=["run_id", "trial_key", "stored_key"]), keys)
 
     def current(self, study: str, run_id: str | None = None) -> tuple[pd.DataFrame, int]:
         """(rows, trials missing): by default the study's current results, i.e. for each trial of
-        the spec of its latest `run`, its latest finished rows, whichever run produced them; with
-        `run_id`, that run's rows alone (missing 0)."""
-        trials = _aliased(self.read(study, "trials"), self._recorded_aliases(study))
-        if trials.empty:
-            raise StoreError(f"no trials recorded yet for {study} in {self.root}")
+        the spec of its latest `run`, its latest finished rows, whichever run produced them (read from
+        the runs that name those trials); with `run_id`, that run's rows alone (missing 0)."""
+        specs = self.read(study, "runs")
+        aliases = _recorded_aliases(specs)
         if run_id is not None:
+            trials = _aliased(self.read(study, "trials"), aliases)
+            if trials.empty:
+                raise StoreError(f"no trials recorded yet for {study} in {self.root}")
             picked = trials[trials["run_id"] == run_id]
             if picked.empty:
                 raise StoreError(f"no run {run_id!r} in {study}; runs: {', '.join(sorted(trials['run_id'].unique()))}")
             return picked.reset_index(drop=True), 0
-        specs = self.read(study, "runs")
         if specs.empty:  # results written before run specs were recorded: every trial ever finished
-            keys = list(trials["trial_key"].unique())
+            trials = _aliased(self.read(study, "trials"), aliases)
+            keys = list(trials["trial_key"].unique()) if len(trials) else []
         else:
             keys = list(specs.loc[specs["run_id"] == specs["run_id"].max(), "trial_key"])
+            wanted = sorted({*keys, *(k for k, v in aliases.items() if v in set(keys))})
+            trials = _aliased(self.read(study, "trials", runs=_runs_naming(specs, wanted)), aliases)
+        if trials.empty and (specs.empty or self.read(study, "trials", columns=["trial_key"]).empty):
+            raise StoreError(f"no trials recorded yet for {study} in {self.root}")
         rows = latest_finished(trials, keys)
         return rows, len(set(keys) - set(rows["trial_key"] if len(rows) else ()))
 
     def write_spec(self, study: str, run_id: str, frame: pd.DataFrame) -> None:
-        """The trials this run's spec asks for (the `runs` table): what `report` calls current."""
+        """The trials this run's spec asks for (the `runs` table): what `report` calls current, and
+        what tells a reader which runs' parts hold a trial's rows (_runs_naming). By the lock's holder
+        only: the table is then compacted whole into one part (a row per trial and run, small), so
+        that every lookup reads one file of it however many runs the folder holds."""
         self.write(study, "runs", run_id, frame, schemas.table_schema("runs", {}))
+        directory = self.table_dir(study, "runs")
+        compact.finish(directory)  # leftovers of a cut-short compaction first: the new part holds the rest
+        compact.compact(directory, run_id, [p.stem for p in compact.parts(directory)])
 
     def sweep_temporaries(self) -> int:
         """Remove temporary files that killed writers left behind (hidden, so no reader ever saw
@@ -214,11 +224,12 @@ class ResultStore:
         return sorted(self.root.glob(f"*/*.parquet/.*{TMP_MARK}*"))
 
     def read(self, study: str, table: str, where: ds.Expression | None = None,
-             columns: list[str] | None = None) -> pd.DataFrame:
+             columns: list[str] | None = None, runs: Callable[[str | None], bool] | None = None) -> pd.DataFrame:
         """A table's rows (those matching `where`, pushed down to the Parquet reader; its `columns` that
-        exist), schemas unified (a column missing from a part reads as null), its path columns absolute
-        under this root, wherever the folder was written."""
-        frame, paths = _read(self.table_dir(study, table), where, columns)
+        exist; from the parts of the runs that `runs` accepts, compact.parts), schemas unified (a column
+        missing from a part reads as null), its path columns absolute under this root, wherever the
+        folder was written."""
+        frame, paths = _read(self.table_dir(study, table), where, columns, runs)
         for column in (paths | set(schemas.LEGACY_PATHS)) & set(frame.columns):
             frame[column] = [self._absolute(study, v) for v in frame[column]]
         return frame
@@ -248,6 +259,30 @@ class ResultStore:
         return str(self.root.absolute().joinpath(*parts[at:]))
 
 
+def _recorded_aliases(runs: pd.DataFrame) -> dict[str, str]:
+    """stored_key -> trial_key of kept rows stored under another key, as earlier runs (the `runs`
+    table) recorded them."""
+    if "stored_key" not in runs:
+        return {}
+    moved = runs.dropna(subset=["stored_key"]).sort_values("run_id")  # a later run's mapping wins
+    moved = moved[moved["stored_key"] != moved["trial_key"]]
+    return dict(zip(moved["stored_key"], moved["trial_key"]))
+
+
+def _runs_naming(runs: pd.DataFrame, keys: list[str]) -> Callable[[str | None], bool] | None:
+    """Which parts of the trials table can hold rows of `keys`: a trial's row is written by a run whose
+    spec names it, and compacted by one that ran or kept it (also naming it, as trial_key or
+    stored_key). So: parts of those runs, of runs with no spec (written before specs, or a spec lost),
+    and parts named without a run (format 2's). None (every part) when no spec is recorded."""
+    if runs.empty or "trial_key" not in runs:
+        return None
+    named = runs["trial_key"].isin(keys)
+    if "stored_key" in runs:
+        named |= runs["stored_key"].isin(keys)
+    naming, known = set(runs.loc[named, "run_id"]), set(runs["run_id"])
+    return lambda run: run is None or run in naming or run not in known
+
+
 def _aliased(trials: pd.DataFrame, aliases: Mapping[str, str]) -> pd.DataFrame:
     """`trials` with each row's trial_key mapped through `aliases` (stored key -> today's key), the key
     it is stored under kept as `stored_key`."""
@@ -273,15 +308,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return _read(Path(path))[0]
 
 
-def _read(path: Path, where: ds.Expression | None = None, columns: list[str] | None = None
-          ) -> tuple[pd.DataFrame, set[str]]:
+def _read(path: Path, where: ds.Expression | None = None, columns: list[str] | None = None,
+          runs: Callable[[str | None], bool] | None = None) -> tuple[pd.DataFrame, set[str]]:
     """(the table, its path columns). pyarrow.dataset reads the parts in parallel, filters pushed
     down; compact.parts leaves out hidden files (writers' temporaries) and parts a compacted one holds."""
     if path.is_file():
         return pd.read_parquet(path), schemas.path_columns([pq.read_schema(path)])
     for attempt in range(5):  # a run compacting meanwhile (a reader holds no lock) deletes what it listed
         try:
-            files = compact.parts(path)
+            files = compact.parts(path, runs)
             if not files:
                 return pd.DataFrame(), set()
             parts = [pq.read_schema(f) for f in files]
