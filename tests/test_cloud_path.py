@@ -78,6 +78,28 @@ def test_single_process_trials_ask_for_what_no_gpu_node_has(ray_session, monkeyp
     assert single_process_resources(Scaling(cpus_per_worker=2), joined=False) == ({"CPU": 2}, None)  # a local Ray
 
 
+def test_short_trials_run_on_the_nodes_up_when_those_finish_them_before_a_node_boots(monkeypatch):
+    """Paper minimax (~80 trials of ~0.1 s) on cluster.yaml's 8-CPU head: the slots up now, nothing
+    asked of the autoscaler; trials of minutes each (T = 1e6) or node_boot_s=0: the cluster's largest."""
+    import dataclasses
+
+    from orchestrator.studies import EXPERIMENTS, WORKLOADS, Scaling
+
+    monkeypatch.setattr(capacity, "slots_now", lambda need: 8)  # the head's cpu_node, alive
+    workload, exp = WORKLOADS["minimax"], EXPERIMENTS["minimax"]["paper"]
+    configs = exp.trial_configs()
+    seconds = [workload.estimated_seconds(c) for c in configs]
+    assert len(configs) == 5 * 16 and 0.005 < sum(seconds) / len(configs) < 1  # measured: 20 us a step + 25 ns a lane
+    need = {"CPU": 1, "cpu_node": 1}
+    assert capacity.short_trials_slots(need, seconds, Scaling()) == 8
+    long = [workload.estimated_seconds(dataclasses.replace(c, steps=1_000_000)) for c in configs]
+    assert capacity.short_trials_slots(need, long, Scaling()) is None  # ~30 s each: 80 of them are worth nodes
+    assert capacity.short_trials_slots(need, seconds, Scaling(node_boot_s=0)) is None
+    assert capacity.short_trials_slots(need, [None] * len(configs), Scaling()) is None  # no estimate (GAN, CLIP)
+    monkeypatch.setattr(capacity, "slots_now", lambda need: 0)  # nothing up that could run one
+    assert capacity.short_trials_slots(need, seconds, Scaling()) is None
+
+
 def test_the_wait_is_described_in_the_autoscalers_words():
     assert describe_wait(NO_CAPACITY, TYPES, 1) == (
         "waiting for 2 GPU nodes (gpu.spot.1x): InsufficientInstanceCapacity: no spot capacity in us-west-2a")

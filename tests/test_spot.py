@@ -90,7 +90,8 @@ def test_four_gan_trials_packed_on_one_reclaimed_node_all_finish(cluster, data_d
 
 
 MINIMAX = ["--no-dashboard", "--set", "steps=600000", "--set", "lr_min=1e-7", "--set", "lr_max=1e-6",
-           "--set", "num_lrs=20"]  # lrs so small no lane ends early: each trial runs ~10 s alone
+           "--set", "num_lrs=20",  # lrs so small no lane ends early: each trial runs ~10 s alone
+           "--set", "node_boot_s=5"]  # fake nodes boot in seconds: 5 trials of ~10 s are worth a CPU node
 
 
 def test_a_cpu_node_lost_mid_minimax_costs_a_retry_not_a_row(cluster):

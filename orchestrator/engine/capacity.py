@@ -129,6 +129,21 @@ def single_process_resources(scaling: Scaling, joined: bool) -> tuple[dict[str, 
     return need, max(1, max_worker_slots(cpu_types, max_workers, need))
 
 
+TRIAL_OVERHEAD_S = 0.1  # a single-process Tune trial's own cost (bench_scale.py's no-op trial: ~0.1 s)
+
+
+def short_trials_slots(need: dict, seconds: list[float | None], scaling: Scaling) -> int | None:
+    """Slots to run single-process trials on when the nodes up now finish them all (`seconds`: each
+    one's compute on one core) before a new node could boot (`node_boot_s`): the slots up now, so the
+    autoscaler is asked for nothing (paper minimax: ~80 trials of ~0.1 s would otherwise ask for 24
+    slots, and the CPU nodes boot after the study has ended). None: size to the cluster's largest."""
+    if not scaling.node_boot_s or not seconds or any(s is None for s in seconds):
+        return None
+    up = slots_now(need)
+    work = sum(seconds) + TRIAL_OVERHEAD_S * len(seconds)
+    return up if up >= 1 and work / up <= scaling.node_boot_s else None
+
+
 def max_concurrent(scaling: Scaling, joined: bool, say: Callable[[str], None]) -> int | None:
     """How many Train trials to run at once so that they never starve each other: what the cluster
     can hold at its largest (autoscaling: its node types and max_workers), else what it holds now.

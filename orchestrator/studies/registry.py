@@ -35,6 +35,9 @@ class Workload:
     # (column, mode) that chooses the best trial, on data the reported `metric` never saw (GAN: val_fid on
     # one half of the test images, fid reported on the other; CLIP: val rsum); None: the metric itself
     selection: tuple[str, str] | None = None
+    # "module:function(config) -> seconds": a trial's compute on one core, roughly, for studies of many short
+    # trials (minimax): where the nodes already up finish them before a new node could boot, they run there
+    estimate: str | None = None
 
     def best(self, trials):
         """The row of the best trial among `trials` (chosen by `selection`), or None."""
@@ -46,6 +49,13 @@ class Workload:
     def runs_distributed(self, config) -> bool:
         """Is a trial of this config a Ray Train run (else a plain Tune function trial)?"""
         return self.distributed and not (self.single_process_when and getattr(config, self.single_process_when))
+
+    def estimated_seconds(self, config) -> float | None:
+        """A trial's compute on one core, roughly (`estimate`); None: unknown."""
+        if not self.estimate:
+            return None
+        module, _, function = self.estimate.partition(":")
+        return float(getattr(importlib.import_module(module), function)(config))
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -72,7 +82,7 @@ WORKLOADS: dict[str, Workload] = {
     "minimax": Workload(
         "workloads.minimax", metric="final_distance", mode="min", distributed=False,
         row_exclude=("algorithms", "lrs"),  # every row has its own `algorithm` and `lr`
-        headline_count="reached", gpu=False,
+        headline_count="reached", gpu=False, estimate="workloads.minimax:estimated_seconds",
         columns={
             "trials": {"algorithm": "str", **_floats("lr", "final_x", "final_y", "final_distance", "initial_distance",
                                                      "rate"),

@@ -128,6 +128,9 @@ class Scaling:
     max_preemptions: int = -1  # Train runs: restarts after a node drained for preemption (a spot reclaim); -1: no limit
     sync_bn: bool = True  # multi-GPU DDP: BatchNorm -> SyncBatchNorm (CUDA only; CPU DDP keeps per-rank statistics)
     max_wait_s: float = 1800.0  # a trial waiting this long for nodes ends the run with the autoscaler's reason (0: wait forever)
+    # how long a new node takes to boot and join (cloud nodes: minutes): studies of short CPU trials (minimax)
+    # whose work the nodes already up finish sooner run there alone, asking the autoscaler for nothing (0: never)
+    node_boot_s: float = 180.0
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -146,6 +149,8 @@ class Scaling:
             raise ValueError(f"max_preemptions must be >= -1 (-1: no limit), got {self.max_preemptions}")
         if self.max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0 (0: wait forever), got {self.max_wait_s}")
+        if self.node_boot_s < 0:
+            raise ValueError(f"node_boot_s must be >= 0 (0: size trials to the cluster's largest), got {self.node_boot_s}")
         if self.max_concurrent_trials < 0:
             raise ValueError(f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}")
 
