@@ -112,7 +112,7 @@ def test_the_wait_is_described_in_the_autoscalers_words():
 
 def test_the_watcher_says_what_trials_wait_for_and_gives_up_after_max_wait(monkeypatch):
     groups = {"pg-other": {"state": "PENDING"}}  # another job's, there before the run
-    monkeypatch.setattr(waiting, "pending_groups", lambda: dict(groups))
+    monkeypatch.setattr(waiting, "pending_groups", lambda _: dict(groups))
     monkeypatch.setattr(waiting, "autoscaler_report", lambda: NO_CAPACITY)
     lines, reasons = [], []
     with Watcher(lines.append, max_wait_s=1.0, types=TYPES, on_give_up=reasons.append, poll_s=0.2):
@@ -127,7 +127,7 @@ def test_the_watcher_says_what_trials_wait_for_and_gives_up_after_max_wait(monke
 
 
 def test_trials_queued_behind_running_ones_never_end_the_run(monkeypatch):
-    monkeypatch.setattr(waiting, "pending_groups", lambda: {"pg-queued": {"state": "PENDING"}})
+    monkeypatch.setattr(waiting, "pending_groups", lambda _: {"pg-queued": {"state": "PENDING"}})
     monkeypatch.setattr(waiting, "autoscaler_report", lambda: {"active_nodes": {"gpu.spot.1x": 6}})
     lines, reasons = [], []
     with Watcher(lines.append, max_wait_s=0.5, types=TYPES, on_give_up=reasons.append, poll_s=0.1):

@@ -135,11 +135,28 @@ def describe_wait(report: dict, types: list[NodeType] | None, pending_groups: in
     return f"{pending_groups} trial(s) waiting for resources held by running trials"
 
 
-def pending_groups() -> dict[str, dict]:
-    """Placement groups not yet placed (Tune trials, Train worker groups), by id."""
-    from ray.util import placement_group_table
+def job_groups() -> list | None:
+    """This job's placement groups not yet removed (Tune's trials, their Train worker groups), as the
+    GCS's protobufs: the table read and parsed once per poll, for every use of it (pending groups,
+    leaks to release, what this run holds). None: Ray is not up here (unknown)."""
+    import ray
+    from ray.core.generated import gcs_pb2
 
-    return {pg_id: pg for pg_id, pg in placement_group_table().items() if pg.get("state") in ("PENDING", "RESCHEDULING")}
+    from orchestrator.engine import reclaim
+
+    if not ray.is_initialized():
+        return None
+    job = ray.get_runtime_context().get_job_id()
+    return [g for g in reclaim.group_table()
+            if g.creator_job_id.hex() == job and g.state != gcs_pb2.PlacementGroupTableData.REMOVED]
+
+
+def pending_groups(groups: list | None) -> dict[str, object]:
+    """Placement groups among `groups` not yet placed, by id."""
+    from ray.core.generated import gcs_pb2
+
+    waiting = (gcs_pb2.PlacementGroupTableData.PENDING, gcs_pb2.PlacementGroupTableData.RESCHEDULING)
+    return {g.placement_group_id.hex(): g for g in groups or () if g.state in waiting}
 
 
 def awaits_nodes(report: dict) -> bool:
@@ -176,7 +193,7 @@ class Watcher:
 
     def __enter__(self) -> "Watcher":
         try:
-            self._before = set(pending_groups())  # other runs' or jobs' groups are not ours to explain
+            self._before = set(pending_groups(job_groups()))  # an earlier study's of this run: not ours to explain
         except Exception:
             self._before = set()
         self._thread.start()
@@ -193,15 +210,16 @@ class Watcher:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
-            _reclaim(self.say)
             try:
-                pending = {pg: v for pg, v in pending_groups().items() if pg not in self._before}
+                groups = job_groups()
+                _reclaim(self.say, groups=groups)
+                pending = {pg: v for pg, v in pending_groups(groups).items() if pg not in self._before}
                 report = autoscaler_report()
             except Exception:  # Ray shutting down
                 return
             if awaits_nodes(report):  # nodes are coming (or failing to): the clock runs while ours wait on them
                 message = describe_wait(report, self.types, len(pending))
-            elif pending and not _ours_hold_resources():  # no node coming, and what they need is held by others
+            elif pending and not _ours_hold_resources(groups):  # no node coming, and what they need is held by others
                 message = f"{len(pending)} trial(s) waiting for resources that no trial of this run holds: {held_by()}"
             else:  # no wait, or trials queue behind this run's running ones
                 self._waiting_since, self._said = None, ""
@@ -234,15 +252,17 @@ class Watcher:
         return False
 
 
-def _reclaim(say: Callable[[str], None], settle_s: float = 0.0) -> None:
-    """Release what ended trials left reserved (reclaim.py), saying so; with settle_s, keep looking that
-    long (a trial Tune just stopped takes a moment to die)."""
+def _reclaim(say: Callable[[str], None], settle_s: float = 0.0, groups: list | None = None) -> None:
+    """Release what ended trials left reserved (reclaim.py; among `groups` when given: this poll's
+    table), saying so; with settle_s, keep looking that long (a trial Tune just stopped takes a
+    moment to die)."""
     from orchestrator.engine import reclaim
 
     deadline = time.monotonic() + settle_s
     while True:
         try:
-            released = reclaim.release_orphans()
+            released = reclaim.release_orphans(groups)
+            groups = None  # a second look reads the table again
         except Exception:  # Ray shutting down, or not up (unit tests of the watcher)
             return
         if released:
@@ -252,22 +272,16 @@ def _reclaim(say: Callable[[str], None], settle_s: float = 0.0) -> None:
         time.sleep(0.5)
 
 
-def _ours_hold_resources() -> bool:
-    """Does a live placement group of this job hold CPUs or GPUs (a running trial or worker group)?"""
-    from orchestrator.engine import reclaim
+def _ours_hold_resources(groups: list | None) -> bool:
+    """Does a placed group of this job (`groups`, job_groups) hold CPUs or GPUs (a running trial or
+    worker group)? Unknown (None): assume the run is moving."""
+    from ray.core.generated import gcs_pb2
 
-    try:
-        import ray
-        from ray.core.generated import gcs_pb2
-
-        if not ray.is_initialized():
-            return True
-        job = ray.get_runtime_context().get_job_id()
-        return any(g.state == gcs_pb2.PlacementGroupTableData.CREATED and g.creator_job_id.hex() == job
-                   and any(b.unit_resources.get("CPU", 0) or b.unit_resources.get("GPU", 0) for b in g.bundles)
-                   for g in reclaim.group_table())
-    except Exception:  # unknown: assume the run is moving
+    if groups is None:
         return True
+    return any(g.state == gcs_pb2.PlacementGroupTableData.CREATED
+               and any(b.unit_resources.get("CPU", 0) or b.unit_resources.get("GPU", 0) for b in g.bundles)
+               for g in groups)
 
 
 def held_by() -> str:
