@@ -113,6 +113,28 @@ def test_interrupted_minimax_runs_only_its_missing_trials_and_report_shows_them_
     assert f"(run {second})" in capsys.readouterr().out
 
 
+def test_a_run_with_nothing_to_run_compacts_what_a_killed_run_left(ray_session, tmp_path, capsys, monkeypatch):
+    from orchestrator.cli import main
+    from orchestrator.results.store import ResultStore
+
+    args = ["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=20", "--set", "steps=50"]
+    with monkeypatch.context() as patched:  # every trial finished, the run killed before it compacted
+        patched.setattr(ResultStore, "compact_run", lambda *args: 0)
+        assert main(args) == 0
+    tables = {t: tmp_path / "minimax" / f"{t}.parquet" for t in ("trials", "steps")}
+    before = {t: pd.read_parquet(d).sort_values(["algorithm", "lr"] + ["step"] * (t == "steps")).reset_index(drop=True)
+              for t, d in tables.items()}
+    assert len(list(tables["trials"].glob("*.parquet"))) == 5  # a part per trial (5 algorithms, one chunk)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    for table, directory in tables.items():  # no Ray started, the loose parts compacted, every row once
+        (part,) = directory.glob("*.parquet")
+        assert part.name.startswith("c-")
+        after = pd.read_parquet(directory).sort_values(["algorithm", "lr"] + ["step"] * (table == "steps"))
+        pd.testing.assert_frame_equal(after[before[table].columns].reset_index(drop=True), before[table])
+
+
 def test_checkpointed_epoch_whose_row_was_never_written_is_recovered(ray_session, data_dir, gan_cache, tmp_path, capsys,
                                                                      monkeypatch):
     """The driver killed after Train registered the last epoch's checkpoint but before it wrote that

@@ -78,6 +78,8 @@ def _run_locked(args: argparse.Namespace, experiments: list[Experiment], store: 
 
     if not pending:  # every trial finished in an earlier run: no Ray to start
         record_spec()
+        for exp in experiments:  # what a run killed before its end left loose
+            engine.compact_rows(store, exp.study, run_id, done[exp.study], progress.say)
         progress.say(f"every trial of {', '.join(e.study for e in experiments)} ({args.profile}) already finished in "
                      f"{store.root}: nothing to run (--fresh reruns them)")
         for exp in experiments:

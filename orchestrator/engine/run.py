@@ -61,20 +61,25 @@ def run_experiment(
 
 
 def _compact(plan: TrialPlan, store: ResultStore, written: list[pd.DataFrame], say: Callable[[str], None]) -> None:
-    """The parts of the trials this run finished or kept, one per table for this run (results/compact.py):
-    never written again. Kept ones: those an interrupted earlier run finished before it could compact."""
-    rows = pd.concat([plan.kept, *written], ignore_index=True)
+    """The parts of the trials this run finished or kept, one per table for this run (results/compact.py).
+    Kept ones: those an interrupted earlier run finished before it could compact."""
+    compact_rows(store, plan.study, plan.run_id, pd.concat([plan.kept, *written], ignore_index=True), say)
+
+
+def compact_rows(store: ResultStore, study: str, run_id: str, rows: pd.DataFrame, say: Callable[[str], None]) -> None:
+    """Compact the parts of the attempts of these rows that ran to their end (TERMINATED: never written
+    again). Not STOPPED ones: a later run that takes one on may train an epoch again, writing a part
+    under a name the compacted part holds, which readers would skip and finish() delete."""
     if rows.empty or "attempt" not in rows:
         return
-    # TERMINATED only: a trial ASHA stopped may be run on to its end later, writing its tables again
     finished = sorted(set(rows.loc[rows["status"] == FINISHED, "attempt"].dropna()))
     try:
-        merged = store.compact_run(plan.study, plan.run_id, finished)
+        merged = store.compact_run(study, run_id, finished)
     except (OSError, ValueError, pa.ArrowException) as exc:  # the parts stay as they are, each read whole
-        say(f"[{plan.study}] tables not compacted ({getattr(exc, 'strerror', None) or exc}); every row is kept")
+        say(f"[{study}] tables not compacted ({getattr(exc, 'strerror', None) or exc}); every row is kept")
         return
     if merged:
-        say(f"[{plan.study}] tables compacted: {merged} parts of {len(finished)} finished trials -> one per table")
+        say(f"[{study}] tables compacted: {merged} parts of {len(finished)} finished trials -> one per table")
 
 
 def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined: bool, trackers: list[str],
