@@ -85,7 +85,7 @@ def test_short_trials_run_on_the_nodes_up_when_those_finish_them_before_a_node_b
 
     from orchestrator.studies import EXPERIMENTS, WORKLOADS, Scaling
 
-    monkeypatch.setattr(capacity, "slots_now", lambda need: 8)  # the head's cpu_node, alive
+    monkeypatch.setattr(capacity, "slots_free", lambda need: 8)  # the head's cpu_node, free
     workload, exp = WORKLOADS["minimax"], EXPERIMENTS["minimax"]["paper"]
     configs = exp.trial_configs()
     seconds = [workload.estimated_seconds(c) for c in configs]
@@ -96,7 +96,7 @@ def test_short_trials_run_on_the_nodes_up_when_those_finish_them_before_a_node_b
     assert capacity.short_trials_slots(need, long, Scaling()) is None  # ~30 s each: 80 of them are worth nodes
     assert capacity.short_trials_slots(need, seconds, Scaling(node_boot_s=0)) is None
     assert capacity.short_trials_slots(need, [None] * len(configs), Scaling()) is None  # no estimate (GAN, CLIP)
-    monkeypatch.setattr(capacity, "slots_now", lambda need: 0)  # nothing up that could run one
+    monkeypatch.setattr(capacity, "slots_free", lambda need: 0)  # nothing free that could run one (another run's)
     assert capacity.short_trials_slots(need, seconds, Scaling()) is None
 
 

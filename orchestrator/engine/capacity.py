@@ -88,6 +88,13 @@ def slots_now(need: dict) -> int:
     return sum(worker_slots(node["Resources"], need) for node in ray.nodes() if node.get("Alive"))
 
 
+def slots_free(need: dict) -> int:
+    """Workers the cluster's free resources can host now (what other runs or jobs hold left out)."""
+    import ray
+
+    return worker_slots(ray.available_resources(), need)
+
+
 # ---- how many trials fit, and what one asks for ----------------------------------------------------
 
 CPU_NODE_RESOURCE = "cpu_node"  # declared by CPU-only node types (as many as their CPUs): single-process trials' home
@@ -134,12 +141,12 @@ TRIAL_OVERHEAD_S = 0.1  # a single-process Tune trial's own cost (bench_scale.py
 
 def short_trials_slots(need: dict, seconds: list[float | None], scaling: Scaling) -> int | None:
     """Slots to run single-process trials on when the nodes up now finish them all (`seconds`: each
-    one's compute on one core) before a new node could boot (`node_boot_s`): the slots up now, so the
+    one's compute on one core) before a new node could boot (`node_boot_s`): the slots free now, so the
     autoscaler is asked for nothing (paper minimax: ~80 trials of ~0.1 s would otherwise ask for 24
     slots, and the CPU nodes boot after the study has ended). None: size to the cluster's largest."""
     if not scaling.node_boot_s or not seconds or any(s is None for s in seconds):
         return None
-    up = slots_now(need)
+    up = slots_free(need)
     work = sum(seconds) + TRIAL_OVERHEAD_S * len(seconds)
     return up if up >= 1 and work / up <= scaling.node_boot_s else None
 

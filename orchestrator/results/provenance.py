@@ -34,8 +34,10 @@ def code_version() -> str:
     return f"orchestrator-{package_version('orchestrator')}"
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(name: str) -> str:
-    """An installed distribution's version, without importing it ("" when absent)."""
+    """An installed distribution's version, without importing it ("" when absent); once per process (a
+    metadata lookup scans site-packages: ms, per trial of thousands)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

@@ -205,8 +205,11 @@ class ResultStore:
         that every lookup reads one file of it however many runs the folder holds."""
         self.write(study, "runs", run_id, frame, schemas.table_schema("runs", {}))
         directory = self.table_dir(study, "runs")
-        compact.finish(directory)  # leftovers of a cut-short compaction first: the new part holds the rest
-        compact.compact(directory, run_id, [p.stem for p in compact.parts(directory)])
+        try:
+            compact.finish(directory)  # leftovers of a cut-short compaction first: the new part holds the rest
+            compact.compact(directory, run_id, [p.stem for p in compact.parts(directory)])
+        except (OSError, ValueError, pa.ArrowException):  # the parts stay as they are: read whole, only slower
+            pass
 
     def sweep_temporaries(self) -> int:
         """Remove temporary files that killed writers left behind (hidden, so no reader ever saw
