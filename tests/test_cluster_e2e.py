@@ -45,8 +45,8 @@ def test_run_all_as_a_ray_job_on_an_autoscaling_cluster(cluster, data_dir):
     # never waited for a GPU node
     minimax_part = logs.split("[minimax] 15 trials")[0]
     assert "GPU node" not in minimax_part
-    # ~2 s of compute in all: run on the head's CPU slot up now rather than on nodes booted for them
-    assert "[minimax] 15 short trials" in minimax_part and "on the 1 CPU slot up now" in minimax_part, minimax_part[-2000:]
+    # ~2 s of compute in all: run on the head's CPU slot free now rather than on nodes booted for them
+    assert "[minimax] 15 short trials" in minimax_part and "on the 1 CPU slot free now" in minimax_part, minimax_part[-2000:]
 
     nodes = {n["id"]: n for n in cluster.nodes()}
     gpu_nodes = {i for i, n in nodes.items() if n["resources"].get("GPU", 0) > 0}

@@ -40,7 +40,7 @@ def build(plan: TrialPlan, joined: bool, say: Callable[[str], None]) -> tuple[ob
         up = capacity.short_trials_slots(need, seconds, scaling)
         if up is not None and up < min(fits, len(plan.configs)):
             say(f"[{plan.study}] {len(seconds)} short trials (~{sum(seconds):.0f} s of compute in all): on the "
-                f"{up} CPU slot{'s' * (up != 1)} up now, no node started for them (one boots in ~{scaling.node_boot_s:g} s: "
+                f"{up} CPU slot{'s' * (up != 1)} free now, no node started for them (one boots in ~{scaling.node_boot_s:g} s: "
                 "node_boot_s)")
             fits = up
     earlier = plan.earlier_checkpoints()
