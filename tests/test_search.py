@@ -1,6 +1,7 @@
 """Tune as a search engine: the --sweep grammar (grids and random axes), seeded draws recorded in the
 run's spec, readable trial names, and ASHA stopping trials early (rows STOPPED, kept on resume)."""
 
+import dataclasses
 import json
 import shutil
 import time
@@ -284,3 +285,21 @@ def assert_moved_results_report_and_generate(results, moved):
     assert html.count("data:image/png;base64") >= 2  # the curves and at least one trial's sample grid
     assert main(["generate", "gan", "--results", str(moved), "--n", "4", "--out", str(moved / "g.png")]) == 0
     assert (moved / "g.png").stat().st_size > 100
+
+
+def test_tunes_trial_configs_hold_the_index_and_pbts_fields_only(tmp_path):
+    """Tune copies and serialises every trial's config (variant generation, experiment snapshots):
+    the sweep's values stay in the plan's configs, Tune's hold the index (and PBT's perturbed fields)."""
+    from orchestrator.engine.actors import trial_config
+    from orchestrator.engine.plan import TrialPlan
+    from orchestrator.results.store import ResultStore
+    from orchestrator.studies import EXPERIMENTS, WORKLOADS
+
+    store = ResultStore(tmp_path)
+    for scheduler, extra in (("fifo", set()), ("pbt", set(WORKLOADS["gan"].pbt))):
+        exp = dataclasses.replace(EXPERIMENTS["gan"]["local"].with_sweep({"lr": "1e-4,2e-4"}), scheduler=scheduler)
+        plan = TrialPlan.make(exp, WORKLOADS["gan"], store, "20261207-000000-0000", None, False, str(store.root / "_ray"))
+        points = plan.param_space()["trial"]["grid_search"]
+        assert [set(p) for p in points] == [{"index"} | extra] * 2
+        for i, point in enumerate(points):
+            assert trial_config({"trial": dict(point)}, plan.configs) == (i, plan.configs[i])

@@ -224,8 +224,8 @@ class _TrainRuntime:
 
 
 def trial_config(params: dict, configs: list) -> tuple[int, Any]:
-    """(index, config) of a Tune trial: its config with the values Tune holds for it applied (the same as
-    the sweep's unless a scheduler changed them); lists back to the tuples the config declares."""
+    """(index, config) of a Tune trial: its config with the values Tune holds for it applied (PBT's
+    perturbed fields; none otherwise); lists back to the tuples the config declares."""
     values = dict(params["trial"])
     index = values.pop("index")
     base = configs[index]

@@ -33,7 +33,7 @@ class TrialPlan:
     workload: Workload
     run_id: str
     kept: pd.DataFrame  # trials finished in earlier runs (the caller's store.finished rows)
-    params: list[dict]  # what the sweep set, e.g. {"lr": 0.0002}
+    params: list[dict]  # what the sweep set, e.g. {"lr": 0.0002} (a record: configs already hold it)
     configs: list  # the workload's Config of each trial
     names: list[str]  # readable, e.g. gan-lr=0.0002
     keys: list[str]  # config digests (spec.trial_key)
