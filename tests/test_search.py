@@ -5,6 +5,7 @@ import dataclasses
 import json
 import shutil
 import time
+import types
 
 import pandas as pd
 import pytest
@@ -291,7 +292,7 @@ def test_tunes_trial_configs_hold_the_index_and_pbts_fields_only(tmp_path):
     """Tune copies and serialises every trial's config (variant generation, experiment snapshots):
     the sweep's values stay in the plan's configs, Tune's hold the index (and PBT's perturbed fields)."""
     from orchestrator.engine.actors import trial_config
-    from orchestrator.engine.plan import TrialPlan
+    from orchestrator.engine.plan import TrialPlan, trial_dirname, trial_name
     from orchestrator.results.store import ResultStore
     from orchestrator.studies import EXPERIMENTS, WORKLOADS
 
@@ -300,6 +301,29 @@ def test_tunes_trial_configs_hold_the_index_and_pbts_fields_only(tmp_path):
         exp = dataclasses.replace(EXPERIMENTS["gan"]["local"].with_sweep({"lr": "1e-4,2e-4"}), scheduler=scheduler)
         plan = TrialPlan.make(exp, WORKLOADS["gan"], store, "20261207-000000-0000", None, False, str(store.root / "_ray"))
         points = plan.param_space()["trial"]["grid_search"]
-        assert [set(p) for p in points] == [{"index"} | extra] * 2
+        folder = {"dir"} if scheduler == "pbt" else set()
+        assert [set(p) for p in points] == [{"index", "name"} | folder | extra] * 2
         for i, point in enumerate(points):
             assert trial_config({"trial": dict(point)}, plan.configs) == (i, plan.configs[i])
+            trial = types.SimpleNamespace(config={"trial": dict(point)}, trial_id=f"abc_0000{i}")
+            assert trial_name(trial) == plan.names[i]  # Tune's name creators read the config, not the plan
+            assert trial_dirname(trial) == (plan.attempts[i] if scheduler == "pbt" else trial.trial_id)
+
+
+def test_tunes_experiment_state_holds_no_table_rows(ray_session, tmp_path):
+    """A trial's rows reach the tables, not Tune's state: Tune keeps each trial's last result in every
+    experiment snapshot (minimax's final report: a column of 128 lanes each), and its name creators
+    and configs are pickled into every trial's spec (a closure over the plan was O(trials) each)."""
+    assert main(["run", "minimax", "--results", str(tmp_path), "--set", "num_lrs=40", "--set", "steps=50",
+                 "--no-dashboard"]) == 0
+    trials = pd.read_parquet(tmp_path / "minimax" / "trials.parquet")
+    assert len(trials) == 5 * 40 and trials["lr"].notna().all()  # every lane's row, with its columns
+    (state,) = (tmp_path / "_ray").glob("minimax-*/experiment_state-*.json")
+    saved = json.loads(state.read_text())["trial_data"]
+    assert len(saved) == trials["trial_id"].nunique() >= 5
+    for trial, run in saved:
+        last = json.loads(run)["last_result"]
+        assert last and not any(isinstance(v, list) for v in last.values()), last  # scalars only
+        spec = json.loads(trial)
+        assert set(spec["config"]["trial"]) == {"index", "name"}
+        assert len(spec["trial_name_creator"]) + len(spec["trial_dirname_creator"]) < 1000  # by reference

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.studies import resolve
@@ -94,6 +95,28 @@ def test_path_columns_are_stored_relative_and_read_under_the_current_root(tmp_pa
     paths = sorted(ResultStore(new).read("gan", "trials")["generator_path"])
     assert paths == sorted(["/elsewhere/g.pt", str(new / "gan/artifacts/a/generator.pt"),
                             str(new / "gan/artifacts/c/generator.pt")])
+
+
+def test_constant_columns_are_written_like_the_frames_own(tmp_path):
+    """store.write's `constants` (which trial and run: one value on every row, added as Arrow columns)
+    give the part the file a frame holding them as columns gives: same types, paths made relative,
+    a constant over a frame column of its name, NaN as null, an undeclared one inferred."""
+    from orchestrator.results import schemas
+
+    store = ResultStore(tmp_path)
+    store.open_for_writing()
+    schema = schemas.table_schema("trials", {"generator_path": "path", "lr": "float", "epochs": "int"})
+    frame = pd.DataFrame({"lr": [1e-3, 2e-3, 3e-3], "status": ["x", "y", "z"]})
+    constants = {"run_id": "r1", "trial_id": "t_1", "generator_path": str(tmp_path / "gan" / "g.pt"),
+                 "epochs": 5, "status": "FINISHED", "wall_time_s": float("nan"), "extra": 7}
+    store.write("gan", "trials", "by-constants", frame, schema, constants=constants)
+    store.write("gan", "trials", "by-columns", frame.assign(**constants), schema)
+    by_constants, by_columns = (pq.read_table(store.table_dir("gan", "trials") / f"{name}.parquet")
+                                for name in ("by-constants", "by-columns"))
+    assert by_constants.schema.equals(by_columns.schema) and by_constants.equals(by_columns)
+    row = by_constants.to_pylist()[0]
+    assert row["generator_path"] == "gan/g.pt" and row["status"] == "FINISHED" and row["wall_time_s"] is None
+    assert by_constants.column("lr").to_pylist() == [1e-3, 2e-3, 3e-3] and row["extra"] == 7
 
 
 def test_store_refuses_unwritable_and_foreign_directories(tmp_path):

@@ -223,11 +223,14 @@ class _TrainRuntime:
         return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=not self.cpu_fallback)
 
 
+IDENTITY = ("index", "name", "dir")  # what a Tune trial config holds besides PBT's fields (plan.param_space)
+
+
 def trial_config(params: dict, configs: list) -> tuple[int, Any]:
     """(index, config) of a Tune trial: its config with the values Tune holds for it applied (PBT's
     perturbed fields; none otherwise); lists back to the tuples the config declares."""
-    values = dict(params["trial"])
-    index = values.pop("index")
+    values = {k: v for k, v in params["trial"].items() if k not in IDENTITY}
+    index = params["trial"]["index"]
     base = configs[index]
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     changes = {k: v for k, v in changes.items() if getattr(base, k) != v}

@@ -74,10 +74,6 @@ class TrialPlan:
         finds its trials' Tune checkpoints (tune_trial.py)."""
         return f"{self.study}-pbt" if self.pbt else self.run_key
 
-    def trial_dirname(self, index: int, trial_id: str) -> str:
-        """A trial's folder in the Tune experiment: under PBT its attempt (stable across runs), else its id."""
-        return self.attempts[index] if self.pbt else trial_id
-
     def earlier_checkpoints(self) -> list[str | None]:
         """Under PBT, each trial's latest Tune checkpoint from an earlier run (None: start afresh). Found
         once, before the run: the earlier runs' folders are set aside first, so that this run's Tune
@@ -133,11 +129,13 @@ class TrialPlan:
                                     self.workload.row_exclude)
 
     def param_space(self) -> dict:
-        """Tune's trial configs: each trial's index into `configs` (the trial's name says what its sweep
-        set), and under PBT the fields it perturbs, which PBT reads and changes there (the trial applies
-        them, actors.trial_config). Nothing else: Tune copies and serialises every trial's config
+        """Tune's trial configs: each trial's index into `configs`, its name (what its sweep set) and
+        under PBT its folder, and the fields PBT perturbs, which PBT reads and changes there (the trial
+        applies them, actors.trial_config). Nothing else: Tune copies and serialises every trial's config
         (variant generation, experiment-state snapshots) at a cost that grows with its size, so the
-        sweep's values (minimax: 128 lrs a trial) made a 785-trial study 2.6x a bare Tune run of it."""
+        sweep's values (minimax: 128 lrs a trial) made a 785-trial study 2.6x a bare Tune run of it. The
+        name creators read name and folder from here (`tune_names`): a closure over this plan was
+        pickled into every trial's spec, O(trials) bytes each."""
         from ray import tune
 
         def point(index: int) -> dict:
@@ -146,7 +144,8 @@ class TrialPlan:
                 from orchestrator.engine.tune_trial import origin_values
 
                 perturbed.update(origin_values(self.earlier_checkpoints()[index], self.workload.pbt))
-            return {"index": index, **perturbed}
+            folder = {"dir": self.attempts[index]} if self.pbt else {}  # stable across runs (trial_dirname)
+            return {"index": index, "name": self.names[index], **folder, **perturbed}
 
         return {"trial": tune.grid_search([point(i) for i in range(len(self.configs))])}
 
@@ -213,3 +212,14 @@ def tensorboard_view(study_dir: Path, run_id: str, attempts: dict[str, str], say
                 link.symlink_to(os.path.join("..", "..", "artifacts", attempt, "tensorboard"))
     except OSError as exc:  # storage without symlinks: the artifacts' own folders still hold every log
         say(f"no TensorBoard view of this run ({exc.strerror or exc}): use --logdir {study_dir / 'artifacts'}")
+
+
+def trial_name(trial) -> str:
+    """Tune's trial_name_creator: what the sweep set (gan-lr=0.0002,beta1=0.5)."""
+    return trial.config["trial"]["name"]
+
+
+def trial_dirname(trial) -> str:
+    """Tune's trial_dirname_creator: under PBT the trial's attempt (stable across runs, so a later run
+    finds its checkpoints), else its id."""
+    return trial.config["trial"].get("dir") or trial.trial_id

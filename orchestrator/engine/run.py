@@ -20,7 +20,7 @@ import pyarrow as pa
 from orchestrator import progress as progress_lines
 from orchestrator.engine import capacity, schedulers, session, trackers as tracker_callbacks, waiting
 from orchestrator.engine import trainable as trainables
-from orchestrator.engine.plan import TrialPlan
+from orchestrator.engine.plan import TrialPlan, trial_dirname, trial_name
 from orchestrator.engine.session import BackendError
 from orchestrator.results.store import FINISHED, ResultStore
 from orchestrator.studies.registry import Workload
@@ -57,13 +57,13 @@ def run_experiment(
     written = _fit(plan, store, say, joined, list(trackers), tracking_uri)
     say(f"[{exp.study}] {len(plan.configs)} trial{'s' * (len(plan.configs) != 1)} in {time.perf_counter() - started:.1f}s")
     _compact(plan, store, written, say)
-    return pd.concat([plan.kept, *written], ignore_index=True) if written or len(plan.kept) else pd.DataFrame()
+    return pd.concat([plan.kept, written], ignore_index=True) if len(written) or len(plan.kept) else pd.DataFrame()
 
 
-def _compact(plan: TrialPlan, store: ResultStore, written: list[pd.DataFrame], say: Callable[[str], None]) -> None:
+def _compact(plan: TrialPlan, store: ResultStore, written: pd.DataFrame, say: Callable[[str], None]) -> None:
     """The parts of the trials this run finished or kept, one per table for this run (results/compact.py).
     Kept ones: those an interrupted earlier run finished before it could compact."""
-    compact_rows(store, plan.study, plan.run_id, pd.concat([plan.kept, *written], ignore_index=True), say)
+    compact_rows(store, plan.study, plan.run_id, pd.concat([plan.kept, written], ignore_index=True), say)
 
 
 def compact_rows(store: ResultStore, study: str, run_id: str, rows: pd.DataFrame, say: Callable[[str], None]) -> None:
@@ -83,7 +83,7 @@ def compact_rows(store: ResultStore, study: str, run_id: str, rows: pd.DataFrame
 
 
 def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined: bool, trackers: list[str],
-         tracking_uri: str | None) -> list[pd.DataFrame]:
+         tracking_uri: str | None) -> pd.DataFrame:
     """Run the plan's trials on Tune; the trial rows written. Raises the failure that stopped the run
     (a table write, a wait for nodes past max_wait_s) as one line."""
     _quiet_tune()
@@ -112,14 +112,14 @@ def _fit(plan: TrialPlan, store: ResultStore, say: Callable[[str], None], joined
         sink.stopped()
     if sink.failure is not None:
         raise sink.failure
-    return sink.written
+    return sink.written()
 
 
 def _tuner(plan: TrialPlan, sink, trainable, concurrent: int | None, store: ResultStore, trackers: list[str],
            tracking_uri: str | None, say: Callable[[str], None]):
     from ray import tune
 
-    from orchestrator.engine.sink import SinkCallback, StopOnFailure
+    from orchestrator.engine.sink import RowsOut, SinkCallback, StopOnFailure
 
     callbacks = tracker_callbacks.callbacks(
         trackers, plan.study, plan.run_id, store.root, artifact_dirs=plan.artifact_dirs, names=plan.names,
@@ -131,13 +131,13 @@ def _tuner(plan: TrialPlan, sink, trainable, concurrent: int | None, store: Resu
             reuse_actors=not plan.distributed,
             max_concurrent_trials=concurrent,
             scheduler=schedulers.build(plan.exp, plan.workload, plan.configs, sink.early_stopped),
-            trial_dirname_creator=lambda trial: plan.trial_dirname(trial.config["trial"]["index"], trial.trial_id),
-            trial_name_creator=lambda trial: plan.names[trial.config["trial"]["index"]],  # gan-lr=0.0002,beta1=0.5
+            trial_dirname_creator=trial_dirname,  # module functions: Tune pickles them into every trial's spec
+            trial_name_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=plan.experiment_name,
             storage_path=plan.storage,
-            callbacks=[SinkCallback(sink), *callbacks],
+            callbacks=[SinkCallback(sink), *callbacks, RowsOut()],
             stop=StopOnFailure(sink),
             # single-process trials (minimax, frozen CLIP, PBT) retried when their process or node dies,
             # from their Tune checkpoint where they have one (PBT); the sink drops what the failed attempt

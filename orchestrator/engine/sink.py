@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
@@ -68,7 +69,7 @@ class RowSink:
     def __init__(self, plan: TrialPlan, store: ResultStore, say: Callable[[str], None]) -> None:
         self.plan, self.store, self.say = plan, store, say
         self.running = {i: _TrialRows() for i in range(len(plan.configs))}
-        self.written: list[pd.DataFrame] = []  # trial rows, as they were written
+        self._written: list[tuple[pd.DataFrame, dict]] = []  # trial rows written, and their constant columns
         self._live: set[int] = set()  # trials started and not ended (progress.Tail polls their files)
         self._fresh: list[int] = []  # trials started since the last polling() call
         self._live_lock = threading.Lock()  # guards _live and _fresh
@@ -194,20 +195,18 @@ class RowSink:
         for table in sorted(set(rows.tables) - {"trials"}):  # steps and any extra tables, before the trial row
             frame = rows.frame(table)
             if frame is not None:
-                self.store.write(plan.study, table, plan.attempts[index], frame.assign(**plan.ids(index, trial_id)),
-                                 plan.schema(table))
+                self.store.write(plan.study, table, plan.attempts[index], frame, plan.schema(table),
+                                 constants=plan.ids(index, trial_id))
         trial = rows.frame("trials")
         trial = pd.DataFrame([{}]) if trial is None else trial
-        for column, value in plan.config_columns(index).items():
-            if column not in trial.columns:
-                trial[column] = value
         cpus, gpus = plan.held()
-        trial = trial.assign(**plan.ids(index, trial_id), status=status, error=error, wall_time_s=rows.wall_time_s,
-                             node_types=",".join(sorted(rows.node_types)), preemptions=len(rows.preempted_from),
-                             restarts=rows.restarts + rows.failures, cpu_seconds=rows.wall_time_s * cpus,
-                             gpu_seconds=rows.wall_time_s * gpus, defaults_key=defaults_key(plan.configs[index]))
-        self.store.write(plan.study, "trials", plan.row_part(index), trial, plan.schema("trials"))
-        self.written.append(trial)
+        constants = {**{k: v for k, v in plan.config_columns(index).items() if k not in trial.columns},
+                     **plan.ids(index, trial_id), "status": status, "error": error, "wall_time_s": rows.wall_time_s,
+                     "node_types": ",".join(sorted(rows.node_types)), "preemptions": len(rows.preempted_from),
+                     "restarts": rows.restarts + rows.failures, "cpu_seconds": rows.wall_time_s * cpus,
+                     "gpu_seconds": rows.wall_time_s * gpus, "defaults_key": defaults_key(plan.configs[index])}
+        self.store.write(plan.study, "trials", plan.row_part(index), trial, plan.schema("trials"), constants=constants)
+        self._written.append((trial, constants))
         self._ended_metrics(index, trial, status)
         bar = progress_lines.for_run(plan.run_key)
         if bar is not None:
@@ -216,6 +215,17 @@ class RowSink:
         done = len(plan.configs) - len(self.running)
         self.say(f"[{plan.study}] trial {done}/{len(plan.configs)} {status.lower()}: {plan.names[index]} ({trial_id}, "
                  f"{len(trial)} row{'s' * (len(trial) != 1)}){f'  error: {error}' if error else ''}")
+
+    def written(self) -> pd.DataFrame:
+        """The trial rows written, with their constant columns: one frame, built once after the run (a
+        pandas column a trial cost its write more than its rows)."""
+        if not self._written:
+            return pd.DataFrame()
+        frames, constants = zip(*self._written)
+        rows = pd.concat(frames, ignore_index=True)
+        extra = pd.DataFrame(list(constants)).iloc[np.repeat(np.arange(len(frames)), [len(f) for f in frames])]
+        return pd.concat([rows.drop(columns=[c for c in extra.columns if c in rows.columns]),
+                          extra.reset_index(drop=True)], axis=1)
 
     def _ended_metrics(self, index: int, trial: pd.DataFrame, status: str) -> None:
         """Its state, and its result: the count of its rows' `headline_count` (minimax: lanes that
@@ -281,6 +291,18 @@ class SinkCallback(_Inert, tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._guard(self.sink.ended, trial, "ERROR", trial_error(trial))
+
+
+class RowsOut(tune.Callback):
+    """Last of the run's callbacks: a result's columns (a table's rows, one value per row) leave it
+    once the sink and the trackers have them; the scalars (a step's metrics) stay for Tune's
+    schedulers, loggers and dashboard. Tune keeps each trial's last result in every experiment
+    snapshot and writes every result to result.json and progress.csv (arrays as text): minimax's
+    final report (128 lanes x ~20 columns) was most of a 785-trial study's driver time."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        for key in [k for k, v in result.items() if isinstance(v, (list, tuple, np.ndarray))]:
+            del result[key]  # Tune lets callbacks change a result in place (TuneController._process_trial_result)
 
 
 class StopOnFailure(_Inert, tune.stopper.Stopper):

@@ -94,7 +94,11 @@ class TuneRuntime(SingleProcess):
     def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         from ray import tune
 
-        payload = {**metrics, **(self.software if final else {}), **where(), **gpu_memory(self.device),
+        # a table's columns as lists: Tune formats every result into debug lines whether or not they are
+        # logged (TuneController._process_trial_results), and numpy's repr of minimax's 128-lane arrays
+        # cost the driver ~10 ms a trial; a list's repr is C
+        columns = {k: v.tolist() if hasattr(v, "tolist") and getattr(v, "ndim", 0) else v for k, v in metrics.items()}
+        payload = {**columns, **(self.software if final else {}), **where(), **gpu_memory(self.device),
                    TABLE_KEY: table_of(final, table)}
         if checkpoint is None or not self.checkpoints:
             tune.report(payload)

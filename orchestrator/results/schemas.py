@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -83,13 +83,16 @@ def path_columns(schemas: list[pa.Schema]) -> set[str]:
     return {f.name for schema in schemas for f in schema if (f.metadata or {}).get(b"orchestrator") == b"path"}
 
 
-def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+def conform(frame: pd.DataFrame, schema: pa.Schema, constants: Mapping[str, Any] | None = None) -> pa.Table:
     """`frame` as an Arrow table of `schema` (absent columns null, values cast to the declared types),
-    with any undeclared column kept after them, as pyarrow infers it."""
-    n = len(frame)
+    with any undeclared column kept after them, as pyarrow infers it. `constants`: columns of one value
+    on every row, over the frame's own columns of those names."""
+    n, constants = len(frame), constants or {}
     arrays, fields = [], []
     for field in schema:
-        if field.name in frame:
+        if field.name in constants:
+            arrays.append(pa.array([constants[field.name]] * n, type=field.type, from_pandas=True))
+        elif field.name in frame:
             values = frame[field.name]
             if pa.types.is_integer(field.type) and values.isna().any():
                 values = values.astype("Int64")  # an int column with a gap: nullable, not float
@@ -99,8 +102,12 @@ def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
             arrays.append(pa.nulls(n, type=field.type))
         fields.append(field)
     for name in frame.columns:
-        if name not in schema.names:
+        if name not in schema.names and name not in constants:
             column = pa.Table.from_pandas(frame[[name]], preserve_index=False).column(0)
             arrays.append(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+            fields.append(pa.field(name, arrays[-1].type))
+    for name, value in constants.items():
+        if name not in schema.names:
+            arrays.append(pa.array([value] * n, from_pandas=True))
             fields.append(pa.field(name, arrays[-1].type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

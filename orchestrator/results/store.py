@@ -113,19 +113,26 @@ class ResultStore:
     def table_dir(self, study: str, table: str) -> Path:
         return self.root / study / f"{table}.parquet"
 
-    def write(self, study: str, table: str, name: str, frame: pd.DataFrame, schema: pa.Schema | None = None) -> Path:
+    def write(self, study: str, table: str, name: str, frame: pd.DataFrame, schema: pa.Schema | None = None,
+              constants: Mapping[str, Any] | None = None) -> Path:
         """Write one part file atomically, with the table's whole `schema` when given (schemas.py);
-        returns its path."""
+        `constants`: columns holding one value on every row (which trial and run), over the frame's
+        own (added as Arrow columns: a pandas column each cost a trial's write more than its rows).
+        Returns its path."""
         directory = self.table_dir(study, table)
         path = directory / f"{name}.parquet"
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"could not write {path}: {exc.strerror or exc}; earlier results are intact") from None
-        frame = _sanitize(frame)
-        if schema is not None:
-            frame = self._relative(frame, schemas.path_columns([schema]))
-        arrow = schemas.conform(frame, schema) if schema is not None else pa.Table.from_pandas(frame, preserve_index=False)
+        frame, constants = _sanitize(frame), dict(constants or {})
+        if schema is None:
+            arrow = pa.Table.from_pandas(frame.assign(**constants), preserve_index=False)
+        else:
+            paths = schemas.path_columns([schema])
+            frame = self._relative(frame, paths)
+            constants = {k: self._relative_path(v) if k in paths else v for k, v in constants.items()}
+            arrow = schemas.conform(frame, schema, constants)
         try:
             with atomic_path(path) as tmp:
                 pq.write_table(arrow, tmp)
@@ -239,12 +246,19 @@ class ResultStore:
 
     def _relative(self, frame: pd.DataFrame, columns: set[str]) -> pd.DataFrame:
         """Paths under the root, relative to it (a path elsewhere, e.g. under --storage, stays absolute)."""
-        root = os.path.abspath(self.root)
+        present = columns & set(frame.columns)
+        if not present:
+            return frame
         out = frame.copy()
-        for column in columns & set(frame.columns):
-            out[column] = [os.path.relpath(v, root) if isinstance(v, str) and os.path.isabs(v)
-                           and os.path.commonpath([root, os.path.abspath(v)]) == root else v for v in frame[column]]
+        for column in present:
+            out[column] = [self._relative_path(v) for v in frame[column]]
         return out
+
+    def _relative_path(self, value):
+        root = os.path.abspath(self.root)
+        if isinstance(value, str) and os.path.isabs(value) and os.path.commonpath([root, os.path.abspath(value)]) == root:
+            return os.path.relpath(value, root)
+        return value
 
     def _absolute(self, study: str, value):
         """A stored path, absolute: relative ones under this root; an absolute one from an earlier
