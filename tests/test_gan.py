@@ -356,3 +356,37 @@ def test_epoch_sampler_orders_by_seed_and_epoch_and_resumes_mid_epoch():
     assert order(1, 1) == order(1, 1, world=2) == order(1, 1, world=4)  # one global order at any world size
     assert order(1, 3, world=2, start=5) == order(1, 3)[5 * 8:]  # a resume continues the epoch
     assert len(order(1, 1)) == 96 and len(set(order(1, 1))) == 96  # drop_last: 12 whole batches, no repeats
+
+
+def test_train_keeps_the_best_and_the_latest_checkpoint(ray_session, data_dir, gan_cache, tmp_path):
+    """Retention (Scaling.keep_best, default 1): a Train trial keeps its best checkpoint by the selection
+    metric (val_fid, measured at the sample epochs) and its latest, which a resume starts from; the
+    others are deleted as training goes."""
+    import json
+
+    keep_best = 1
+    code = main(["run", "gan", "--results", str(tmp_path), "--data-dir", data_dir, "--set", f"cache_dir={gan_cache}",
+                 "--set", "train_images=256", "--set", "fid_images=64", "--set", "epochs=4",
+                 "--set", "sample_epochs=1,2", "--set", f"keep_best={keep_best}", "--no-dashboard"])
+    assert code == 0
+    steps = pd.read_parquet(tmp_path / "gan" / "steps.parquet").set_index("epoch")
+    measured = steps["val_fid"].dropna()
+    assert sorted(measured.index) == [1, 2, 4]  # the sample epochs and the last
+    kept = sorted(json.loads(p.read_text())["epoch"] for p in (tmp_path / "_ray").glob("*/checkpoint_*/report.json"))
+    best = int(measured.idxmin())
+    assert kept == sorted({best, 4}), (kept, measured.to_dict())
+
+
+def test_checkpoint_scores_rank_measured_epochs_by_the_selection_metric():
+    """What ranks Train checkpoints: higher is better whatever the metric's mode; an epoch that did not
+    measure it is never a best one (Train would rank a missing key as the best)."""
+    from orchestrator.engine.actors import SCORE_KEY, checkpoint_config, checkpoint_score
+
+    assert checkpoint_score({"val_fid": 120.0}, ("val_fid", "min")) > checkpoint_score({"val_fid": 130.0}, ("val_fid", "min"))
+    assert checkpoint_score({"val_rsum": 2.0}, ("val_rsum", "max")) > checkpoint_score({"val_rsum": 1.0}, ("val_rsum", "max"))
+    for unmeasured in ({}, {"val_fid": None}, {"val_fid": float("nan")}):
+        assert checkpoint_score(unmeasured, ("val_fid", "min")) == float("-inf")
+    best = checkpoint_config(2)
+    assert (best.num_to_keep, best.checkpoint_score_attribute, best.checkpoint_score_order) == (2, SCORE_KEY, "max")
+    assert checkpoint_config(0).num_to_keep == 1 and checkpoint_config(0).checkpoint_score_attribute is None
+    assert checkpoint_config(-1).num_to_keep is None  # every one

@@ -96,7 +96,8 @@ class _TrainRuntime:
     training on their CPUs: the device is the CPU (Ray would name cuda:0 from the GPU it assigned)
     and the process group is gloo (chosen by the driver)."""
 
-    def __init__(self, artifact_dir: str, cpu_fallback: bool = False, sync_bn: bool = True) -> None:
+    def __init__(self, artifact_dir: str, cpu_fallback: bool = False, sync_bn: bool = True,
+                 score: tuple[str, str] | None = None) -> None:
         import ray.train
         import ray.train.torch
         import torch
@@ -113,6 +114,7 @@ class _TrainRuntime:
         self.software = software(kind, name, self.world_size, cpu_fallback=cpu_fallback, sync_bn=False)
         self.polls, self.noticed = 0, False  # preemption_notice
         self.last_row: dict | None = None  # the latest checkpointed epoch row (see checkpoint_now)
+        self.score = score  # (column, mode) that ranks this trial's checkpoints (retention: checkpoint_config)
 
     def report(self, metrics, final: bool = False, checkpoint=None, table: str | None = None) -> None:
         import ray
@@ -129,7 +131,8 @@ class _TrainRuntime:
             # the epoch's row travels with its checkpoint: see restore()
             (Path(tmp) / REPORT_FILE).write_text(json.dumps(payload, default=float))
             self._mark_noticed(tmp)
-            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report({**payload, SCORE_KEY: checkpoint_score(metrics, self.score)},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def preemption_notice(self) -> bool:
         """True once per run attempt, when Ray says a node of this worker group is being drained for
@@ -164,7 +167,9 @@ class _TrainRuntime:
             if self.last_row is not None:
                 (Path(tmp) / REPORT_FILE).write_text(json.dumps(self.last_row, default=float))
             self._mark_noticed(tmp)
-            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # no epoch measured here: never a best one; kept as the latest until the next checkpoint
+            ray.train.report({**payload, SCORE_KEY: checkpoint_score({}, self.score)},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def say(self, line: str, progress: tuple | None = None) -> None:
         """A progress line the driver prints, with the step's count if it has one (progress.py); rank 0's only."""
@@ -223,6 +228,32 @@ class _TrainRuntime:
         return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=not self.cpu_fallback)
 
 
+SCORE_KEY = "checkpoint_score"  # ranks a trial's Train checkpoints (higher: better); in no table
+
+
+def checkpoint_score(metrics: dict, score: tuple[str, str] | None) -> float:
+    """The selection metric as a score to maximise (min metrics negated); -inf where an epoch did not
+    measure it (GAN: between sample epochs), so such a checkpoint is never kept as a best one. Train
+    would rank a checkpoint without the key as the best (ray.train's _get_checkpoint_score)."""
+    value = metrics.get(score[0]) if score else None
+    if not isinstance(value, (int, float)) or value != value:
+        return float("-inf")
+    return float(value) if score[1] == "max" else -float(value)
+
+
+def checkpoint_config(keep_best: int):
+    """Train's retention: the best `keep_best` checkpoints by SCORE_KEY, and the latest, which Train
+    always keeps (what a resume starts from); older ones deleted as training goes. -1: every one."""
+    import ray.train
+
+    if keep_best < 0:
+        return ray.train.CheckpointConfig()
+    if keep_best == 0:  # the latest only
+        return ray.train.CheckpointConfig(num_to_keep=1)
+    return ray.train.CheckpointConfig(num_to_keep=keep_best, checkpoint_score_attribute=SCORE_KEY,
+                                      checkpoint_score_order="max")
+
+
 IDENTITY = ("index", "name", "dir")  # what a Tune trial config holds besides PBT's fields (plan.param_space)
 
 
@@ -240,7 +271,8 @@ def trial_config(params: dict, configs: list) -> tuple[int, Any]:
 def train_worker(params: dict) -> None:
     import importlib
 
-    runtime = _TrainRuntime(params["artifact_dir"], params.get("cpu_fallback", False), params.get("sync_bn", True))
+    runtime = _TrainRuntime(params["artifact_dir"], params.get("cpu_fallback", False), params.get("sync_bn", True),
+                            params.get("score"))
     importlib.import_module(params["module"]).train_loop(params["config"], runtime)
 
 
@@ -312,7 +344,8 @@ def _trainer_class():
 
 
 def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: list, names: list,
-                  scaling: Scaling, storage: str, allow_cpu_fallback: bool = False, placement: str = "PACK") -> None:
+                  scaling: Scaling, storage: str, allow_cpu_fallback: bool = False, placement: str = "PACK",
+                  score: tuple[str, str] | None = None) -> None:
     """A Tune trial that builds and fits one TorchTrainer (the Train V2 pattern)."""
     # Read where the TorchTrainer is built (this process): the dashboard's Train view, and a worker
     # group that waits for nodes as long as max_wait_s instead of giving up and retrying every 60 s
@@ -332,7 +365,7 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
     trainer = _trainer_class()(
         train_worker,
         torch_config=TorchConfig(backend="gloo") if cpu_fallback else None,  # None: nccl with GPUs, else gloo
-        train_loop_config={"module": module, "config": config, "artifact_dir": artifact_dirs[index],
+        train_loop_config={"module": module, "config": config, "artifact_dir": artifact_dirs[index], "score": score,
                            "cpu_fallback": cpu_fallback, "sync_bn": scaling.sync_bn},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
@@ -346,7 +379,7 @@ def train_driver(params: dict, *, module: str, configs: list, artifact_dirs: lis
             # not a failure: its own budget, unlimited by default; max_failures stays for real errors
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures,
                                                    max_preemption_failures=scaling.max_preemptions),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=checkpoint_config(scaling.keep_best),
             callbacks=[relay.ToTrial(queue)],  # worker reports -> this Tune trial's results (relay.py)
         ),
     )

@@ -26,7 +26,7 @@ import pandas as pd
 from ray import tune
 
 from orchestrator import progress as progress_lines
-from orchestrator.engine.actors import root_cause
+from orchestrator.engine.actors import SCORE_KEY, root_cause
 from orchestrator.engine.metrics import STATE_OF, StudyMetrics
 from orchestrator.engine.plan import TrialPlan
 from orchestrator.results.store import ABORTED, EARLY, FINISHED, STOPPED, ResultStore, StoreError, report_frame
@@ -39,7 +39,7 @@ TUNE_KEYS = {  # what Tune adds to a result: not ours to store
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
     "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY, REPLAY_KEY, RESUMED_KEY,
-    RESUMED_FROM_KEY,
+    RESUMED_FROM_KEY, SCORE_KEY,  # the last: what ranks a Train trial's checkpoints (actors.checkpoint_score)
 }
 
 

@@ -131,6 +131,9 @@ class Scaling:
     # how long a new node takes to boot and join (cloud nodes: minutes): studies of short CPU trials (minimax)
     # whose work the nodes already up finish sooner run there alone, asking the autoscaler for nothing (0: never)
     node_boot_s: float = 180.0
+    # Train checkpoints kept per trial besides the latest: the best N by the study's selection metric (GAN
+    # val_fid, CLIP val_rsum), the rest deleted as training goes (-1: every one; PBT trials keep every one)
+    keep_best: int = 1
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -151,6 +154,8 @@ class Scaling:
             raise ValueError(f"max_wait_s must be >= 0 (0: wait forever), got {self.max_wait_s}")
         if self.node_boot_s < 0:
             raise ValueError(f"node_boot_s must be >= 0 (0: size trials to the cluster's largest), got {self.node_boot_s}")
+        if self.keep_best < -1:
+            raise ValueError(f"keep_best must be >= -1 (-1: keep every checkpoint), got {self.keep_best}")
         if self.max_concurrent_trials < 0:
             raise ValueError(f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}")
 
