@@ -379,13 +379,17 @@ def test_train_keeps_the_best_and_the_latest_checkpoint(ray_session, data_dir, g
 
 def test_checkpoint_scores_rank_measured_epochs_by_the_selection_metric():
     """What ranks Train checkpoints: higher is better whatever the metric's mode; an epoch that did not
-    measure it is never a best one (Train would rank a missing key as the best)."""
-    from orchestrator.engine.actors import SCORE_KEY, checkpoint_config, checkpoint_score
+    measure it ranks below every measured one, with a score that survives Train's saved state."""
+    from pydantic import TypeAdapter
+
+    from orchestrator.engine.actors import SCORE_KEY, UNMEASURED, checkpoint_config, checkpoint_score
 
     assert checkpoint_score({"val_fid": 120.0}, ("val_fid", "min")) > checkpoint_score({"val_fid": 130.0}, ("val_fid", "min"))
     assert checkpoint_score({"val_rsum": 2.0}, ("val_rsum", "max")) > checkpoint_score({"val_rsum": 1.0}, ("val_rsum", "max"))
-    for unmeasured in ({}, {"val_fid": None}, {"val_fid": float("nan")}):
-        assert checkpoint_score(unmeasured, ("val_fid", "min")) == float("-inf")
+    for unmeasured in ({}, {"val_fid": None}, {"val_fid": float("nan")}, {"val_fid": float("inf")}):
+        assert checkpoint_score(unmeasured, ("val_fid", "min")) == UNMEASURED < checkpoint_score({"val_fid": 1e9}, ("val_fid", "min"))
+    # Train saves its checkpoint manager's state with pydantic (a resumed run reloads it): -inf would come back null
+    assert TypeAdapter(float).validate_json(TypeAdapter(float).dump_json(UNMEASURED)) == UNMEASURED
     best = checkpoint_config(2)
     assert (best.num_to_keep, best.checkpoint_score_attribute, best.checkpoint_score_order) == (2, SCORE_KEY, "max")
     assert checkpoint_config(0).num_to_keep == 1 and checkpoint_config(0).checkpoint_score_attribute is None

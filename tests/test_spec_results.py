@@ -119,6 +119,34 @@ def test_constant_columns_are_written_like_the_frames_own(tmp_path):
     assert by_constants.column("lr").to_pylist() == [1e-3, 2e-3, 3e-3] and row["extra"] == 7
 
 
+def test_the_rows_a_run_returns_are_the_rows_it_wrote(ray_session, tmp_path):
+    """RowSink.written(): the trial rows with their constant columns, as the parts hold them: a config
+    column is a constant only for a trial whose row lacks it (a failed trial's empty row), and never
+    replaces another trial's own value."""
+    from orchestrator.engine.plan import TrialPlan
+    from orchestrator.engine.sink import RowSink
+    from orchestrator.results.store import FINISHED
+    from orchestrator.studies import EXPERIMENTS, WORKLOADS
+    from workloads.runtime import TABLE_KEY
+
+    store = ResultStore(tmp_path)
+    store.open_for_writing()
+    exp = EXPERIMENTS["gan"]["local"].with_sweep({"lr": "1e-4,2e-4,3e-4"})
+    plan = TrialPlan.make(exp, WORKLOADS["gan"], store, "20261207-000000-0000", None, False, str(tmp_path / "_ray"))
+    sink = RowSink(plan, store, lambda line: None)
+    for i, own_lr in ((0, 5e-5), (1, None)):  # trial 0 reports its own lr; trial 1 fails before its row
+        sink.started(i, f"t_{i}")
+        if own_lr is not None:
+            sink.result(i, f"t_{i}", {"lr": own_lr, "fid": 100.0 + i, TABLE_KEY: "trials"})
+        sink.ended(i, f"t_{i}", FINISHED if own_lr else "ERROR", None if own_lr else "boom")
+    rows = sink.written().set_index("trial_id")
+    stored = store.read("gan", "trials").set_index("trial_id")
+    assert rows.loc["t_0", "lr"] == 5e-5 and rows.loc["t_1", "lr"] == plan.configs[1].lr  # own value; the config's
+    assert list(rows["status"]) == ["TERMINATED", "ERROR"] and rows.loc["t_1", "error"] == "boom"
+    for column in ("lr", "status", "run_id", "trial_key", "fid"):  # what the run returns is what it stored
+        pd.testing.assert_series_equal(rows[column], stored.loc[rows.index, column], check_dtype=False)
+
+
 def test_store_refuses_unwritable_and_foreign_directories(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -167,7 +167,7 @@ class _TrainRuntime:
             if self.last_row is not None:
                 (Path(tmp) / REPORT_FILE).write_text(json.dumps(self.last_row, default=float))
             self._mark_noticed(tmp)
-            # no epoch measured here: never a best one; kept as the latest until the next checkpoint
+            # no epoch measured here: kept as the latest until the next checkpoint
             ray.train.report({**payload, SCORE_KEY: checkpoint_score({}, self.score)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -231,13 +231,17 @@ class _TrainRuntime:
 SCORE_KEY = "checkpoint_score"  # ranks a trial's Train checkpoints (higher: better); in no table
 
 
+UNMEASURED = -1e300  # the score of a checkpoint whose epoch did not measure the metric: below any measured one
+
+
 def checkpoint_score(metrics: dict, score: tuple[str, str] | None) -> float:
-    """The selection metric as a score to maximise (min metrics negated); -inf where an epoch did not
-    measure it (GAN: between sample epochs), so such a checkpoint is never kept as a best one. Train
-    would rank a checkpoint without the key as the best (ray.train's _get_checkpoint_score)."""
+    """The selection metric as a score to maximise (min metrics negated); UNMEASURED where an epoch did
+    not measure it (GAN: between sample epochs), so such a checkpoint is kept as a best one only while
+    fewer than keep_best epochs were measured. Finite: Train saves its checkpoint manager's state with
+    pydantic, which writes -inf as null, and a resumed run's manager then fails comparing None."""
     value = metrics.get(score[0]) if score else None
-    if not isinstance(value, (int, float)) or value != value:
-        return float("-inf")
+    if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        return UNMEASURED
     return float(value) if score[1] == "max" else -float(value)
 
 

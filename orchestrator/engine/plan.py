@@ -134,8 +134,8 @@ class TrialPlan:
         applies them, actors.trial_config). Nothing else: Tune copies and serialises every trial's config
         (variant generation, experiment-state snapshots) at a cost that grows with its size, so the
         sweep's values (minimax: 128 lrs a trial) made a 785-trial study 2.6x a bare Tune run of it. The
-        name creators read name and folder from here (`tune_names`): a closure over this plan was
-        pickled into every trial's spec, O(trials) bytes each."""
+        name creators read name and folder from here (trial_name, trial_dirname): a closure over this
+        plan was pickled into every trial's spec, O(trials) bytes each."""
         from ray import tune
 
         def point(index: int) -> dict:

@@ -218,14 +218,18 @@ class RowSink:
 
     def written(self) -> pd.DataFrame:
         """The trial rows written, with their constant columns: one frame, built once after the run (a
-        pandas column a trial cost its write more than its rows)."""
+        pandas column a trial cost its write more than its rows). A constant replaces its trial's own
+        column of that name only (config columns are constants only for rows that lack them)."""
         if not self._written:
             return pd.DataFrame()
         frames, constants = zip(*self._written)
         rows = pd.concat(frames, ignore_index=True)
-        extra = pd.DataFrame(list(constants)).iloc[np.repeat(np.arange(len(frames)), [len(f) for f in frames])]
-        return pd.concat([rows.drop(columns=[c for c in extra.columns if c in rows.columns]),
-                          extra.reset_index(drop=True)], axis=1)
+        owner = np.repeat(np.arange(len(frames)), [len(f) for f in frames])  # row -> its trial
+        extra = pd.DataFrame(list(constants)).iloc[owner].reset_index(drop=True)
+        for column in extra.columns:
+            given = np.array([column in c for c in constants])[owner]
+            rows[column] = extra[column].where(given, rows[column]) if column in rows else extra[column]
+        return rows
 
     def _ended_metrics(self, index: int, trial: pd.DataFrame, status: str) -> None:
         """Its state, and its result: the count of its rows' `headline_count` (minimax: lanes that
@@ -297,8 +301,8 @@ class RowsOut(tune.Callback):
     """Last of the run's callbacks: a result's columns (a table's rows, one value per row) leave it
     once the sink and the trackers have them; the scalars (a step's metrics) stay for Tune's
     schedulers, loggers and dashboard. Tune keeps each trial's last result in every experiment
-    snapshot and writes every result to result.json and progress.csv (arrays as text): minimax's
-    final report (128 lanes x ~20 columns) was most of a 785-trial study's driver time."""
+    snapshot (trial.last_result, cloudpickled): with minimax's final report (128 lanes x ~20 columns)
+    those snapshots were most of a 785-trial study's driver time."""
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         for key in [k for k, v in result.items() if isinstance(v, (list, tuple, np.ndarray))]:

@@ -2,7 +2,7 @@
 
 Both are Tune callbacks on the driver: each trial becomes one tracker run, named like the trial
 (`gan-lr=0.0002,beta1=0.5`), with the trial's whole config as params (Ray's callbacks log only Tune's
-trial config, which here holds the trial's index and PBT's perturbed fields), every reported result as metrics per step (GAN
+trial config, which here holds the trial's index, name and PBT's fields), every reported result as metrics per step (GAN
 and CLIP: per epoch), and the trial's images (GAN sample grids, CLIP prompt grids) when it ends:
 MLflow artifacts under samples/ and prompts/, W&B images under the same keys.
 

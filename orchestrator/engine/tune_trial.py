@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from orchestrator import progress as progress_file
-from orchestrator.engine.actors import REPORT_FILE, gpu_memory, software, trial_config, where
+from orchestrator.engine.actors import IDENTITY, REPORT_FILE, gpu_memory, software, trial_config, where
 from workloads.runtime import REPLAY_KEY, RESUMED_KEY, STATE_FILE, TABLE_KEY, SingleProcess, load_state, save_state, table_of
 
 ORIGIN_FILE = "origin.json"  # a Tune checkpoint's trial, epoch, state digest and Tune values
@@ -166,6 +166,6 @@ def function_trial(params: dict, *, module: str, configs: list, artifact_dirs: l
 
     index, config = trial_config(params, configs)  # under PBT, a resumed trial's moved values are Tune's (param_space)
     resume = earlier[index] if earlier and tune.get_checkpoint() is None else None
-    values = {k: v for k, v in params["trial"].items() if k != "index"}
+    values = {k: v for k, v in params["trial"].items() if k not in IDENTITY}  # PBT's fields
     runtime = TuneRuntime(artifact_dirs[index], use_gpu, allow_cpu_fallback, checkpoints, values, resume)
     importlib.import_module(module).train_loop(config, runtime)

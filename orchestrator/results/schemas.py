@@ -86,14 +86,13 @@ def path_columns(schemas: list[pa.Schema]) -> set[str]:
 def conform(frame: pd.DataFrame, schema: pa.Schema, constants: Mapping[str, Any] | None = None) -> pa.Table:
     """`frame` as an Arrow table of `schema` (absent columns null, values cast to the declared types),
     with any undeclared column kept after them, as pyarrow infers it. `constants`: columns of one value
-    on every row, over the frame's own columns of those names."""
+    on every row, over the frame's own columns of those names, converted as a frame's column would be."""
     n, constants = len(frame), constants or {}
+    column = lambda name: pd.Series([constants[name]] * n) if name in constants else frame[name]  # noqa: E731
     arrays, fields = [], []
     for field in schema:
-        if field.name in constants:
-            arrays.append(pa.array([constants[field.name]] * n, type=field.type, from_pandas=True))
-        elif field.name in frame:
-            values = frame[field.name]
+        if field.name in constants or field.name in frame:
+            values = column(field.name)
             if pa.types.is_integer(field.type) and values.isna().any():
                 values = values.astype("Int64")  # an int column with a gap: nullable, not float
             arrays.append(pa.array(values.tolist() if values.dtype == object else values, type=field.type,
@@ -101,13 +100,9 @@ def conform(frame: pd.DataFrame, schema: pa.Schema, constants: Mapping[str, Any]
         else:
             arrays.append(pa.nulls(n, type=field.type))
         fields.append(field)
-    for name in frame.columns:
-        if name not in schema.names and name not in constants:
-            column = pa.Table.from_pandas(frame[[name]], preserve_index=False).column(0)
-            arrays.append(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
-            fields.append(pa.field(name, arrays[-1].type))
-    for name, value in constants.items():
+    for name in [*frame.columns, *(c for c in constants if c not in frame.columns)]:
         if name not in schema.names:
-            arrays.append(pa.array([value] * n, from_pandas=True))
+            inferred = pa.Table.from_pandas(pd.DataFrame({name: column(name)}), preserve_index=False).column(0)
+            arrays.append(inferred.combine_chunks() if isinstance(inferred, pa.ChunkedArray) else inferred)
             fields.append(pa.field(name, arrays[-1].type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
