@@ -286,6 +286,7 @@ class SinkCallback(_Inert, tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._guard(self.sink.result, trial, result)
+        result.pop(SCORE_KEY, None)  # ranks Train's checkpoints (there, in the worker's report): no tracker metric
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._guard(self.sink.ended, trial, FINISHED, None)
