@@ -141,7 +141,7 @@ def _say_other_versions(study: str, done: pd.DataFrame) -> None:
 def _best_configuration(workload, ok: pd.DataFrame) -> str:
     """With several seeds: the configuration whose mean selection metric (val) is best, and its reported
     metric's mean ± std over its seeds (what `report` ranks; one seed's value would be a draw)."""
-    column, mode = workload.selection or (workload.metric, workload.mode)
+    column, mode = workload.ranked_by
     # the trial's name without its seed (and a collision suffix): its configuration
     configuration = ok["trial_name"].str.replace(r"(,?seed=\d+)|(#\w+$)", "", regex=True).str.rstrip("-,")
     means = ok.groupby(configuration)[column].mean()

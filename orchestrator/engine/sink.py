@@ -39,7 +39,7 @@ TUNE_KEYS = {  # what Tune adds to a result: not ours to store
     "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name", "node_ip",
     "hostname", "pid", "episodes_total", "timesteps_total", "trial_id", "experiment_tag", "done",
     "should_checkpoint", "__duplicate__", "experiment_id", "checkpoint_path", TABLE_KEY, REPLAY_KEY, RESUMED_KEY,
-    RESUMED_FROM_KEY, SCORE_KEY,  # the last: what ranks a Train trial's checkpoints (actors.checkpoint_score)
+    RESUMED_FROM_KEY,
 }
 
 
@@ -285,8 +285,9 @@ class SinkCallback(_Inert, tune.Callback):
         self._guard(self.sink.started, trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        # ranks Train's checkpoints (there, in the worker's report): no table column, no tracker metric
+        result.pop(SCORE_KEY, None)
         self._guard(self.sink.result, trial, result)
-        result.pop(SCORE_KEY, None)  # ranks Train's checkpoints (there, in the worker's report): no tracker metric
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._guard(self.sink.ended, trial, FINISHED, None)

@@ -29,7 +29,7 @@ def build(plan: TrialPlan, joined: bool, say: Callable[[str], None]) -> tuple[ob
                   allow_cpu_fallback=fallback)
     if plan.distributed:
         driver = tune.with_parameters(actors.train_driver, **common, scaling=scaling, storage=plan.storage,
-                                      score=plan.workload.selection or (plan.workload.metric, plan.workload.mode),
+                                      score=plan.workload.ranked_by,
                                       names=train_run_names(plan.storage, plan.names, plan.attempts, say),
                                       placement=capacity.placement_strategy(scaling, joined))
         # the driver only waits on its TorchTrainer's workers: no CPU

@@ -39,9 +39,14 @@ class Workload:
     # trials (minimax): where the nodes already up finish them before a new node could boot, they run there
     estimate: str | None = None
 
+    @property
+    def ranked_by(self) -> tuple[str, str]:
+        """(column, mode) that ranks trials and their checkpoints: `selection`, else the metric itself."""
+        return self.selection or (self.metric, self.mode)
+
     def best(self, trials):
         """The row of the best trial among `trials` (chosen by `selection`), or None."""
-        column, mode = self.selection or (self.metric, self.mode)
+        column, mode = self.ranked_by
         if column not in trials or trials[column].notna().sum() == 0:
             return None
         return trials.loc[trials[column].idxmin() if mode == "min" else trials[column].idxmax()]

@@ -128,12 +128,8 @@ class Scaling:
     max_preemptions: int = -1  # Train runs: restarts after a node drained for preemption (a spot reclaim); -1: no limit
     sync_bn: bool = True  # multi-GPU DDP: BatchNorm -> SyncBatchNorm (CUDA only; CPU DDP keeps per-rank statistics)
     max_wait_s: float = 1800.0  # a trial waiting this long for nodes ends the run with the autoscaler's reason (0: wait forever)
-    # how long a new node takes to boot and join (cloud nodes: minutes): studies of short CPU trials (minimax)
-    # whose work the nodes already up finish sooner run there alone, asking the autoscaler for nothing (0: never)
-    node_boot_s: float = 180.0
-    # Train checkpoints kept per trial besides the latest: the best N by the study's selection metric (GAN
-    # val_fid, CLIP val_rsum), the rest deleted as training goes (-1: every one; PBT trials keep every one)
-    keep_best: int = 1
+    node_boot_s: float = 180.0  # a new node's boot time: short CPU trials the nodes up finish sooner run there (0: never)
+    keep_best: int = 1  # Train checkpoints kept besides the latest: the best by the selection metric (-1: all; PBT: all)
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
