@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce the minimax / GAN / CLIP study at scale on Ray: Tune fans out trials, Train runs "
         "DDP, every result lands in Parquet tables under --results.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,generate,validate-cluster}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,list,report,clean,generate,validate-cluster}")
 
     _add_run(sub)
     sub.add_parser("list", help="list studies, their profiles and settings",
